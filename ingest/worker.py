@@ -1,0 +1,172 @@
+"""The one consumer: drains the Redis list in batches and commits them to the store.
+
+Loop: claim a batch (atomically moved to the processing list) -> decode and validate -> commit to
+SQLite (seq, dedup, summaries, batch id; one transaction) -> acknowledge in Redis (dead letters,
+counters, heartbeat, notification, clear the processing list; one MULTI). A crash anywhere in
+between is repaired by `recover()` on the next start, so nothing popped is lost or stored twice.
+"""
+
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TypeVar
+
+import orjson
+import redis
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_when_event_set,
+    wait_exponential_jitter,
+)
+
+from ingest import deadletters
+from ingest.queue import WorkQueue
+from ingest.writer import CommitResult, Decoded, StoreWriter
+from shared.db import open_writer
+from shared.event import BadEvent, decode
+from shared.keys import QueueKeys
+from shared.settings import Settings
+
+log = logging.getLogger("taskevents.worker")
+
+T = TypeVar("T")
+
+WAIT_SECONDS = 1.0  # longest block on an empty queue: bounds how late a warm stop or a heartbeat is
+
+
+def decode_batch(items: Sequence[bytes], max_payload_bytes: int, batch_id: int) -> tuple[list[Decoded], list[bytes]]:
+    """Split raw elements into storable events and dead-letter entries (with their reasons)."""
+    good: list[Decoded] = []
+    dead: list[bytes] = []
+    for raw in items:
+        try:
+            event, payload_json = decode(raw, max_payload_bytes)
+        except BadEvent as exc:
+            dead.append(deadletters.entry(raw, exc.code, exc.reason, batch_id))
+            continue
+        good.append(Decoded(event, payload_json))
+    return good, dead
+
+
+class Worker:
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self._redis = client or redis.Redis.from_url(
+            settings.redis_url, socket_timeout=WAIT_SECONDS + 10, socket_connect_timeout=5, health_check_interval=30
+        )
+        self.queue = WorkQueue(self._redis, QueueKeys(settings.queue))
+        self.writer = StoreWriter(open_writer(settings.db))
+        self._stop = threading.Event()
+        self._signals = 0
+        self._ttl_ms = int(settings.heartbeat_ttl * 1000)
+        self._last_beat = 0.0
+        self.totals = {"ingested": 0, "duplicates": 0, "dead_lettered": 0, "batches": 0}
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Warm stop: finish and commit the batch in hand, then return from `run`."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("%s: finishing the batch in hand, then stopping", signal.Signals(signum).name)
+            self.request_stop()
+        else:
+            # Cold stop: the uncommitted batch stays in the processing list for the next start.
+            log.warning("second signal: stopping now")
+            raise SystemExit(128 + signum)
+
+    def run(self) -> None:
+        log.info("worker %s consuming %s into %s", os.getpid(), self.settings.queue, self.settings.db)
+        try:
+            self._retry(self.recover)
+            while not self._stop.is_set():
+                if not self.step():
+                    self._beat_if_due()
+                    self._retry(lambda: self.queue.wait(WAIT_SECONDS))
+        except (redis.RedisError, sqlite3.OperationalError):
+            if not self._stop.is_set():
+                raise
+            log.warning("stopped while Redis or the store was unavailable; in-flight events stay in Redis")
+        log.info("worker stopped after %s", self.totals)
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Finish what a previous worker left in the processing list."""
+        left = self.queue.in_flight()
+        if not left.items:
+            return
+        if left.batch_id is not None and left.batch_id == self.writer.last_batch_id:
+            log.warning("batch %s (%d events) was committed but not acknowledged: acknowledging",
+                        left.batch_id, len(left.items))  # fmt: skip
+            _, dead = decode_batch(left.items, self.settings.max_payload_bytes, left.batch_id)
+            self._retry(lambda: self._ack(CommitResult(left.batch_id or 0), dead))
+        else:
+            log.warning("%d events were taken but not committed: processing them again", len(left.items))
+
+    def step(self) -> bool:
+        """Claim, commit and acknowledge one batch. False when the queue was empty."""
+        batch_id = self.writer.last_batch_id + 1
+        items = self._retry(lambda: self.queue.claim(self.settings.batch_size, batch_id))
+        if not items:
+            return False
+        good, dead = decode_batch(items, self.settings.max_payload_bytes, batch_id)
+        result = self._retry(lambda: self.writer.commit(batch_id, good), cold_only=True)
+        self._retry(lambda: self._ack(result, dead))
+        return True
+
+    def _ack(self, result: CommitResult, dead: list[bytes]) -> None:
+        counters = {
+            "ingested": result.stored,
+            "duplicates": result.duplicates,
+            "dead_lettered": len(dead),
+            "batches": 1,
+        }
+        announce = {"batch": result.batch_id, "tasks": result.tasks} if result.tasks else None
+        for name, value in counters.items():
+            self.totals[name] += value
+        self.queue.ack(
+            dead=dead, counters=counters, heartbeat=self._heartbeat(), heartbeat_ttl_ms=self._ttl_ms, announce=announce
+        )
+        self._last_beat = time.monotonic()
+        if dead:
+            log.warning("batch %s: %d events dead-lettered", result.batch_id, len(dead))
+
+    def _heartbeat(self) -> bytes:
+        return orjson.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": time.time(), **self.totals})
+
+    def _beat_if_due(self) -> None:
+        if time.monotonic() - self._last_beat >= self.settings.heartbeat_ttl / 3:
+            self._retry(lambda: self.queue.beat(self._heartbeat(), self._ttl_ms))
+            self._last_beat = time.monotonic()
+
+    def _retry(self, call: Callable[[], T], *, cold_only: bool = False) -> T:
+        """Run `call`, retrying while Redis or SQLite is unavailable.
+
+        A warm stop ends the waiting (the batch stays in Redis for the next start), except where
+        `cold_only`: a commit keeps trying until it lands or a second signal stops the process.
+        """
+        retrying = Retrying(
+            retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError, sqlite3.OperationalError)),
+            wait=wait_exponential_jitter(initial=0.05, max=5.0),
+            stop=(lambda _state: False) if cold_only else stop_when_event_set(self._stop),
+            sleep=self._stop.wait if not cold_only else time.sleep,
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )
+        return retrying(call)

@@ -1,0 +1,255 @@
+"""Commits a batch of decoded events to SQLite: dedup by event_uid, per-task seq, summaries.
+
+The worker is the store's only writer, so the seq it assigns cannot race with anyone. Everything a
+batch changes (events, task and span summaries, the batch id) commits in one transaction.
+"""
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from shared.clock import format_ms
+from shared.event import SPAN_CLOSERS, SPAN_OPENERS, WireEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    event: WireEvent
+    payload_json: bytes
+
+
+@dataclass(slots=True)
+class CommitResult:
+    batch_id: int
+    stored: int = 0
+    duplicates: int = 0
+    # task_id -> (first seq, last seq) written by this batch; what the live stream announces.
+    tasks: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _TaskChange:
+    existing: bool
+    first_seq: int
+    last_seq: int
+    count: int = 0
+    phase: str | None = None
+    status: str | None = None
+
+
+@dataclass(slots=True)
+class _SpanChange:
+    task_id: str
+    span_id: str
+    parent_span_id: str | None
+    event_type: str
+    phase: str | None
+    first_seq: int
+    last_seq: int
+    count: int = 0
+    state: str = "open"
+    state_changed: bool = False
+    end_seq: int | None = None
+
+
+_INSERT_EVENT = """
+INSERT INTO task_events (task_id, seq, event_type, phase, actor, span_id, parent_span_id,
+                         payload, created_at, event_uid, emitted_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_INSERT_TASK = """
+INSERT INTO tasks (task_id, latest_seq, event_count, first_at, last_at, current_phase, status)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+_UPDATE_TASK = """
+UPDATE tasks SET latest_seq = ?, event_count = event_count + ?, last_at = ?,
+                 current_phase = coalesce(?, current_phase), status = coalesce(?, status)
+WHERE task_id = ?
+"""
+_UPSERT_SPAN = """
+INSERT INTO spans (task_id, span_id, parent_span_id, event_type, phase, first_seq, last_seq,
+                   event_count, state, started_at, end_seq, ended_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+ON CONFLICT (task_id, span_id) DO UPDATE SET
+    parent_span_id = coalesce(spans.parent_span_id, excluded.parent_span_id),
+    last_seq = excluded.last_seq,
+    event_count = spans.event_count + excluded.event_count,
+    state = CASE WHEN ?13 THEN excluded.state ELSE spans.state END,
+    end_seq = CASE WHEN ?13 THEN excluded.end_seq ELSE spans.end_seq END,
+    ended_at = CASE WHEN ?13 THEN excluded.ended_at ELSE spans.ended_at END
+"""
+
+
+def runner_exit_status(payload: dict[str, object]) -> str:
+    """`succeeded` or `failed`, from the payload's `outcome` or, failing that, its `exit_code`."""
+    outcome = payload.get("outcome")
+    if outcome in ("succeeded", "success", "ok", "completed"):
+        return "succeeded"
+    if outcome is not None:
+        return "failed"
+    return "succeeded" if payload.get("exit_code", 0) == 0 else "failed"
+
+
+class StoreWriter:
+    """Owns the read-write connection; `commit` is the only way events get into the store."""
+
+    def __init__(self, conn: sqlite3.Connection, *, seq_cache_size: int = 100_000) -> None:
+        self._conn = conn
+        # task_id -> latest committed seq. Bounded: cleared when full, refilled from `tasks` on demand.
+        self._latest: dict[str, int] = {}
+        self._cache_size = seq_cache_size
+        self.last_batch_id: int = conn.execute("SELECT last_batch_id FROM ingest_state").fetchone()[0]
+
+    def commit(self, batch_id: int, batch: Sequence[Decoded]) -> CommitResult:
+        """Store the batch and record `batch_id` as committed, all or nothing.
+
+        Raises sqlite3.Error (locked, disk full, …) with nothing written; the caller retries.
+        """
+        conn = self._conn
+        result = CommitResult(batch_id)
+        created_at = format_ms(time.time_ns())
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = self._drop_duplicates(batch)
+            result.duplicates = len(batch) - len(fresh)
+            latest = self._load_latest({d.event.task_id for d in fresh})
+            rows, task_changes, span_changes = self._plan(fresh, latest, created_at)
+            conn.executemany(_INSERT_EVENT, rows)
+            self._write_tasks(task_changes, created_at)
+            self._write_spans(span_changes.values(), created_at)
+            conn.execute("UPDATE ingest_state SET last_batch_id = ?", (batch_id,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        # Only now is the new state real: the cache never runs ahead of the store.
+        if len(self._latest) + len(task_changes) > self._cache_size:
+            self._latest.clear()
+        for task_id, change in task_changes.items():
+            self._latest[task_id] = change.last_seq
+            result.tasks[task_id] = (change.first_seq, change.last_seq)
+        result.stored = len(rows)
+        self.last_batch_id = batch_id
+        return result
+
+    def _drop_duplicates(self, batch: Sequence[Decoded]) -> list[Decoded]:
+        """Events whose event_uid is already stored, or repeated in this batch, are stored once."""
+        uids = [d.event.event_uid for d in batch if d.event.event_uid is not None]
+        if not uids:
+            return list(batch)
+        seen = {
+            row[0]
+            for row in self._conn.execute(
+                "SELECT event_uid FROM task_events WHERE event_uid IN (SELECT value FROM json_each(?))",
+                (orjson.dumps(uids),),
+            )
+        }
+        fresh = []
+        for d in batch:
+            uid = d.event.event_uid
+            if uid is not None:
+                if uid in seen:
+                    continue
+                seen.add(uid)
+            fresh.append(d)
+        return fresh
+
+    def _load_latest(self, task_ids: Iterable[str]) -> dict[str, int | None]:
+        """Latest committed seq of each task; None for a task the store has never seen."""
+        latest: dict[str, int | None] = {}
+        missing = []
+        for task_id in task_ids:
+            if task_id in self._latest:
+                latest[task_id] = self._latest[task_id]
+            else:
+                missing.append(task_id)
+        if missing:
+            found = dict(
+                self._conn.execute(
+                    "SELECT task_id, latest_seq FROM tasks WHERE task_id IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps(missing),),
+                ).fetchall()
+            )
+            for task_id in missing:
+                latest[task_id] = found.get(task_id)
+        return latest
+
+    @staticmethod
+    def _plan(
+        batch: Sequence[Decoded], latest: dict[str, int | None], created_at: str
+    ) -> tuple[list[tuple[object, ...]], dict[str, _TaskChange], dict[tuple[str, str], _SpanChange]]:
+        """Assign seqs in queue order and fold the batch into per-task and per-span changes."""
+        rows: list[tuple[object, ...]] = []
+        tasks: dict[str, _TaskChange] = {}
+        spans: dict[tuple[str, str], _SpanChange] = {}
+        for d in batch:
+            e = d.event
+            task = tasks.get(e.task_id)
+            if task is None:
+                prev = latest[e.task_id]
+                task = tasks[e.task_id] = _TaskChange(
+                    existing=prev is not None, first_seq=(prev or 0) + 1, last_seq=prev or 0
+                )
+            task.last_seq += 1
+            task.count += 1
+            seq = task.last_seq
+            if e.phase is not None:
+                task.phase = e.phase
+            if e.event_type == "runner_spawn":
+                task.status = "running"
+            elif e.event_type == "runner_exit":
+                task.status = runner_exit_status(e.payload)
+
+            key = (e.task_id, e.span_id)
+            span = spans.get(key)
+            if span is None:
+                span = spans[key] = _SpanChange(
+                    e.task_id, e.span_id, e.parent_span_id, e.event_type, e.phase, seq, seq
+                )
+            elif span.parent_span_id is None:
+                span.parent_span_id = e.parent_span_id
+            span.last_seq = seq
+            span.count += 1
+            if e.event_type in SPAN_OPENERS:
+                span.state, span.end_seq, span.state_changed = "open", None, True
+            elif (closed := SPAN_CLOSERS.get(e.event_type)) is not None:
+                span.state, span.end_seq, span.state_changed = closed, seq, True
+
+            rows.append(
+                (
+                    e.task_id, seq, e.event_type, e.phase, e.actor, e.span_id, e.parent_span_id,
+                    d.payload_json.decode(), created_at, e.event_uid, e.emitted_at,
+                )
+            )  # fmt: skip
+        return rows, tasks, spans
+
+    def _write_tasks(self, changes: dict[str, _TaskChange], at: str) -> None:
+        new = [
+            (tid, c.last_seq, c.count, at, at, c.phase, c.status or "running")
+            for tid, c in changes.items()
+            if not c.existing
+        ]
+        old = [
+            (c.last_seq, c.count, at, c.phase, c.status, tid) for tid, c in changes.items() if c.existing
+        ]
+        if new:
+            self._conn.executemany(_INSERT_TASK, new)
+        if old:
+            self._conn.executemany(_UPDATE_TASK, old)
+
+    def _write_spans(self, changes: Iterable[_SpanChange], at: str) -> None:
+        self._conn.executemany(
+            _UPSERT_SPAN,
+            [
+                (
+                    s.task_id, s.span_id, s.parent_span_id, s.event_type, s.phase, s.first_seq,
+                    s.last_seq, s.count, s.state, at, s.end_seq, at if s.end_seq is not None else None,
+                    s.state_changed,
+                )
+                for s in changes
+            ],
+        )  # fmt: skip

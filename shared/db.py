@@ -1,0 +1,36 @@
+"""Opening the SQLite store: one read-write connection for the worker, read-only ones for the API."""
+
+import sqlite3
+from pathlib import Path
+from urllib.parse import quote
+
+from shared.schema import migrate
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def open_writer(path: Path) -> sqlite3.Connection:
+    """The single writer: WAL, synchronous=NORMAL, schema migrated. Transactions are explicit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # check_same_thread=False: the worker may be built on one thread and run on another (tests do).
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keeps the hot index pages of a large store
+    conn.execute("PRAGMA temp_store = MEMORY")
+    migrate(conn)
+    return conn
+
+
+def open_reader(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write: `mode=ro` at open and `query_only` on top.
+
+    The file is not opened read-only at the file-system level: a WAL reader must still update `-shm`.
+    Raises sqlite3.OperationalError if the store does not exist.
+    """
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA query_only = 1")
+    return conn

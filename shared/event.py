@@ -1,0 +1,120 @@
+"""The event: its wire format, its vocabulary and the rules every producer and the worker apply.
+
+Producers push one JSON object per Redis list element (see README, "Wire format"). The same model
+validates an event at the producer's call site and again in the worker, so both give the same
+reason for the same mistake.
+"""
+
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+PHASES: Final = ("planning", "executing", "verifying", "recovery")
+Phase = Literal["planning", "executing", "verifying", "recovery"]
+
+# The vocabulary the convenience functions emit. Other snake_case types are stored too, so a runner
+# can add its own without a release of the store.
+EVENT_TYPES: Final = frozenset(
+    {
+        "runner_spawn", "runner_exit", "runner_heartbeat",
+        "phase_enter", "phase_exit",
+        "work_item_start", "work_item_progress", "work_item_complete", "work_item_failed",
+        "checkpoint_commit", "checkpoint_verified", "checkpoint_invalid",
+        "evidence_collected", "evidence_linked",
+        "recovery_initiated", "recovery_checkpoint_loaded", "recovery_complete",
+    }
+)  # fmt: skip
+CHECKPOINT_TYPES: Final = ("checkpoint_commit", "checkpoint_verified", "checkpoint_invalid")
+
+# How an event changes the state of its span.
+SPAN_OPENERS: Final = frozenset({"runner_spawn", "phase_enter", "work_item_start"})
+SPAN_CLOSERS: Final = {
+    "runner_exit": "closed",
+    "phase_exit": "closed",
+    "work_item_complete": "closed",
+    "work_item_failed": "failed",
+}
+
+# Names and ids: printable, bounded. Control characters would break logs, SSE frames and terminals.
+_Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+_EventType = Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")]
+_Uid = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_-]+$")]
+_Instant = Annotated[
+    str, StringConstraints(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|\+00:00)$")
+]
+
+
+class WireEvent(BaseModel):
+    """One event as a producer sends it. Unknown extra fields are ignored (newer producers)."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    task_id: _Name
+    event_type: _EventType
+    phase: Phase | None = None
+    actor: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    span_id: _Name
+    parent_span_id: _Name | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    event_uid: _Uid | None = None
+    emitted_at: _Instant | None = None
+
+
+class BadEvent(ValueError):
+    """An event the store will not take; `code` is stable, `reason` is for a person."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def describe(exc: ValidationError) -> str:
+    """`task_id: String should have at least 1 character; phase: ...` (field first, one line)."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "event"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def encode_payload(payload: dict[str, Any] | None, max_bytes: int) -> bytes:
+    """Serialize a payload strictly: JSON only, finite numbers, at most `max_bytes`."""
+    if payload is None:
+        return b"{}"
+    if not isinstance(payload, dict):
+        raise BadEvent("invalid", f"payload: must be a JSON object, not {type(payload).__name__}")
+    try:
+        data = orjson.dumps(payload)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise BadEvent("invalid", f"payload: not JSON-serializable ({exc})") from None
+    # orjson writes NaN and infinities as null; only then pay for the strict standard-library check.
+    if b"null" in data:
+        import json
+
+        try:
+            json.dumps(payload, allow_nan=False)
+        except ValueError:
+            raise BadEvent("invalid", "payload: NaN and infinite numbers are not JSON") from None
+    if len(data) > max_bytes:
+        raise BadEvent("payload_too_large", f"payload: {len(data)} bytes, more than the limit of {max_bytes}")
+    return data
+
+
+def decode(raw: bytes, max_payload_bytes: int) -> tuple[WireEvent, bytes]:
+    """Parse and check one queue element; returns the event and its payload as stored JSON.
+
+    Raises BadEvent with the reason the worker records in the dead-letter list.
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadEvent("not_json", f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise BadEvent("not_object", f"an event is a JSON object, not a JSON {type(obj).__name__}")
+    try:
+        event = WireEvent.model_validate(obj)
+    except ValidationError as exc:
+        raise BadEvent("invalid", describe(exc)) from None
+    return event, encode_payload(event.payload, max_payload_bytes)

@@ -1,0 +1,101 @@
+"""The store's schema, created and migrated by version (`PRAGMA user_version`)."""
+
+import sqlite3
+from typing import Final
+
+# Each entry moves the schema from version i to i + 1. Never edit a released entry: append a new one.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    -- The original's table and columns, plus event_uid (idempotency) and emitted_at (producer clock).
+    CREATE TABLE task_events (
+        event_id       INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused, even after archiving
+        task_id        TEXT    NOT NULL CHECK (length(task_id) BETWEEN 1 AND 128),
+        seq            INTEGER NOT NULL CHECK (seq > 0),
+        event_type     TEXT    NOT NULL CHECK (length(event_type) > 0),
+        phase          TEXT    CHECK (phase IN ('planning', 'executing', 'verifying', 'recovery')),
+        actor          TEXT    NOT NULL CHECK (length(actor) > 0),
+        span_id        TEXT    NOT NULL CHECK (length(span_id) > 0),
+        parent_span_id TEXT,
+        payload        TEXT    NOT NULL DEFAULT '{}',
+        created_at     TEXT    NOT NULL,                      -- store's clock, ISO 8601 UTC, ms
+        event_uid      TEXT,
+        emitted_at     TEXT
+    );
+    CREATE UNIQUE INDEX idx_task_events_task_seq ON task_events (task_id, seq);
+    CREATE UNIQUE INDEX idx_task_events_event_uid ON task_events (event_uid);
+    CREATE INDEX idx_task_events_task_created ON task_events (task_id, created_at);
+    CREATE INDEX idx_task_events_parent_span ON task_events (parent_span_id);
+    -- The original indexed (task_id, phase); seq is added so phase pages walk the index in order.
+    CREATE INDEX idx_task_events_task_phase ON task_events (task_id, phase, seq);
+    CREATE INDEX idx_task_events_checkpoints ON task_events (task_id, seq)
+        WHERE event_type IN ('checkpoint_commit', 'checkpoint_verified', 'checkpoint_invalid');
+
+    -- Per task, kept by the worker in the batch's transaction so reads never scan events.
+    CREATE TABLE tasks (
+        task_id       TEXT    PRIMARY KEY,
+        latest_seq    INTEGER NOT NULL,
+        event_count   INTEGER NOT NULL,
+        first_at      TEXT    NOT NULL,
+        last_at       TEXT    NOT NULL,
+        current_phase TEXT,                                   -- last non-null phase seen
+        status        TEXT    NOT NULL CHECK (status IN ('running', 'succeeded', 'failed'))
+    ) WITHOUT ROWID;
+    CREATE INDEX idx_tasks_last_at ON tasks (last_at, task_id);
+
+    -- Per span: its first event, parent, state and extent.
+    CREATE TABLE spans (
+        task_id        TEXT    NOT NULL,
+        span_id        TEXT    NOT NULL,
+        parent_span_id TEXT,
+        event_type     TEXT    NOT NULL,                      -- of the span's first event
+        phase          TEXT,                                  -- of the span's first event
+        first_seq      INTEGER NOT NULL,
+        last_seq       INTEGER NOT NULL,
+        event_count    INTEGER NOT NULL,
+        state          TEXT    NOT NULL CHECK (state IN ('open', 'closed', 'failed')),
+        started_at     TEXT    NOT NULL,
+        end_seq        INTEGER,
+        ended_at       TEXT,
+        PRIMARY KEY (task_id, span_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX idx_spans_open ON spans (task_id, first_seq) WHERE state = 'open';
+
+    -- The id of the last committed batch: tells recovery whether the in-flight batch was committed.
+    CREATE TABLE ingest_state (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        last_batch_id INTEGER NOT NULL
+    );
+    INSERT INTO ingest_state (id, last_batch_id) VALUES (1, 0);
+    """,
+)
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION, each step in its own transaction. Returns the version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"store schema is version {version}, newer than this code ({SCHEMA_VERSION})")
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[target - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit on its own)."""
+    out, buf = [], ""
+    for line in script.splitlines():
+        buf += line.split("--", 1)[0] + "\n"
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    return [s for s in out if s]
