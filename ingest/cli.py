@@ -86,9 +86,15 @@ def emit_command(
     emitter = Emitter.from_settings(settings)
     try:
         emitter.emit(
-            task_id, event_type, span_id=span_id, actor=actor, phase=phase,
-            parent_span_id=parent_span_id, payload=body, event_uid=event_uid,
-        )  # fmt: skip
+            task_id,
+            event_type,
+            span_id=span_id,
+            actor=actor,
+            phase=phase,
+            parent_span_id=parent_span_id,
+            payload=body,
+            event_uid=event_uid,
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if not emitter.close(timeout):
@@ -154,7 +160,9 @@ def _dead_letters(settings: Settings) -> DeadLetters:
 @click.command("simulate", epilog=env_help("redis_url", "queue"))
 @click.option("--tasks", default=20, show_default=True, help="How many runs to simulate.")
 @click.option("--concurrency", default=5, show_default=True, help="Runs in progress at once.")
-@click.option("--rate", default=200.0, show_default=True, help="Events per second in total (0: as fast as possible).")
+@click.option(
+    "--rate", default=200.0, show_default=True, help="Events per second in total (0: as fast as possible)."
+)
 @click.option("--seed", type=int, help="Random seed, for a repeatable simulation.")
 @click.option("--prefix", default="sim", show_default=True, help="Task id prefix.")
 @settings_options
@@ -173,11 +181,18 @@ def simulate_command(
         sys.exit(1)
 
 
-@click.command("redis", epilog=env_help("redis_url") + "\n  TASKEVENTS_REDIS_DIR  data directory (default ./data/redis)")
+@click.command(
+    "redis", epilog=env_help("redis_url") + "\n  TASKEVENTS_REDIS_DIR  data directory (default ./data/redis)"
+)
 @click.option(
-    "--dir", "data_dir", envvar="TASKEVENTS_REDIS_DIR", default="data/redis", show_default=True,
-    type=click.Path(file_okay=False), help="Where Redis keeps its append-only file.",
-)  # fmt: skip
+    "--dir",
+    "data_dir",
+    envvar="TASKEVENTS_REDIS_DIR",
+    default="data/redis",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where Redis keeps its append-only file.",
+)
 @settings_options
 def redis_command(settings: Settings, data_dir: str) -> None:
     """Provide the Redis of TASKEVENTS_REDIS_URL for a local run (the Procfile's `redis`).

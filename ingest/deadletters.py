@@ -104,5 +104,9 @@ def _parse(stored: bytes) -> dict[str, Any]:
         record = None
     if not isinstance(record, dict):
         # Not one of ours (pushed by hand?): keep it replayable as it is.
-        return {"code": "foreign", "reason": "not a dead-letter record", "raw": stored.decode("utf-8", "replace")}
+        return {
+            "code": "foreign",
+            "reason": "not a dead-letter record",
+            "raw": stored.decode("utf-8", "replace"),
+        }
     return record

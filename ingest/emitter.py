@@ -45,7 +45,9 @@ class Emitter:
         max_payload_bytes: int = 64 * 1024,
         flush_timeout: float = 5.0,
         chunk_size: int = 500,
+        client: redis.Redis | None = None,
     ) -> None:
+        """`client`: a redis-py client to push with (default: one made from `redis_url` on first send)."""
         if buffer_size < 1 or chunk_size < 1:
             raise ValueError("buffer_size and chunk_size must be at least 1")
         self.redis_url = redis_url
@@ -54,6 +56,7 @@ class Emitter:
         self.max_payload_bytes = max_payload_bytes
         self.flush_timeout = flush_timeout
         self.chunk_size = chunk_size
+        self._given_client = client
         self._reset()
         _install_process_hooks()
         _live.add(self)
@@ -78,7 +81,7 @@ class Emitter:
         self._inflight = 0
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._client: redis.Redis | None = None
+        self._client: redis.Redis | None = self._given_client
         self.dropped = 0  # events discarded because the buffer was full
         self.sent = 0
 
@@ -99,10 +102,15 @@ class Emitter:
         """Queue one event. Raises ValueError naming the field if an argument is invalid."""
         try:
             WireEvent(
-                task_id=task_id, event_type=event_type, phase=phase, actor=actor, span_id=span_id,
-                parent_span_id=parent_span_id, event_uid=event_uid,
+                task_id=task_id,
+                event_type=event_type,
+                phase=phase,
+                actor=actor,
+                span_id=span_id,
+                parent_span_id=parent_span_id,
+                event_uid=event_uid,
                 payload={} if payload is None else payload,
-            )  # fmt: skip
+            )
             payload_json = encode_payload(payload, self.max_payload_bytes)
         except ValidationError as exc:
             raise ValueError(describe(exc)) from None
@@ -110,11 +118,15 @@ class Emitter:
             raise ValueError(exc.reason) from None
         body = orjson.dumps(
             {
-                "task_id": task_id, "event_type": event_type, "phase": phase, "actor": actor,
-                "span_id": span_id, "parent_span_id": parent_span_id,
+                "task_id": task_id,
+                "event_type": event_type,
+                "phase": phase,
+                "actor": actor,
+                "span_id": span_id,
+                "parent_span_id": parent_span_id,
                 "payload": orjson.Fragment(payload_json),
             }
-        )  # fmt: skip
+        )
         item = (time.time_ns(), event_uid, body)
         with self._lock:
             if self._closed:
@@ -123,7 +135,11 @@ class Emitter:
                 self._buffer.popleft()
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
-                    log.warning("emitter buffer full (%d): dropped %d oldest events so far", self.buffer_size, self.dropped)
+                    log.warning(
+                        "emitter buffer full (%d): dropped %d oldest events so far",
+                        self.buffer_size,
+                        self.dropped,
+                    )
             self._buffer.append(item)
             if self._thread is None:
                 self._start()
@@ -154,7 +170,7 @@ class Emitter:
             self._thread.join(timeout=1.0)
         if pending:
             log.error("emitter closed with %d events not delivered to %s", pending, self.redis_url)
-        if self._client is not None:
+        if self._client is not None and self._given_client is None:
             self._client.close()
         _live.discard(self)
         return done
@@ -184,7 +200,9 @@ class Emitter:
                         self._wake.clear()
                         chunk = None
                     else:
-                        chunk = [self._buffer.popleft() for _ in range(min(self.chunk_size, len(self._buffer)))]
+                        chunk = [
+                            self._buffer.popleft() for _ in range(min(self.chunk_size, len(self._buffer)))
+                        ]
                         self._inflight = len(chunk)
                 if chunk is None:
                     self._wake.wait()
@@ -193,7 +211,9 @@ class Emitter:
                 frames = [_frame(*item) for item in chunk]
             try:
                 if self._client is None:
-                    self._client = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=2)
+                    self._client = redis.Redis.from_url(
+                        self.redis_url, socket_timeout=5, socket_connect_timeout=2
+                    )
                 self._client.rpush(self.queue, *frames)
             except redis.RedisError as exc:
                 failures += 1

@@ -12,11 +12,15 @@ import redis
 # evicting keys (a full Redis refuses pushes, which emitters buffer and retry, instead of dropping
 # queued events).
 SAFE_ARGS = (
-    "--appendonly", "yes",
-    "--appendfsync", "everysec",
-    "--save", "",
-    "--maxmemory-policy", "noeviction",
-)  # fmt: skip
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "everysec",
+    "--save",
+    "",
+    "--maxmemory-policy",
+    "noeviction",
+)
 
 
 def find_redis_server() -> str | None:
@@ -71,7 +75,9 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = server_command(self.binary, "127.0.0.1", self.port, self.data_dir, "--daemonize", "no", *self.extra)
+        cmd = server_command(
+            self.binary, "127.0.0.1", self.port, self.data_dir, "--daemonize", "no", *self.extra
+        )
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not answers(self.url, 0.2):

@@ -23,6 +23,7 @@ from tenacity import (
     Retrying,
     before_sleep_log,
     retry_if_exception_type,
+    stop_never,
     stop_when_event_set,
     wait_exponential_jitter,
 )
@@ -42,7 +43,9 @@ T = TypeVar("T")
 WAIT_SECONDS = 1.0  # longest block on an empty queue: bounds how late a warm stop or a heartbeat is
 
 
-def decode_batch(items: Sequence[bytes], max_payload_bytes: int, batch_id: int) -> tuple[list[Decoded], list[bytes]]:
+def decode_batch(
+    items: Sequence[bytes], max_payload_bytes: int, batch_id: int
+) -> tuple[list[Decoded], list[bytes]]:
     """Split raw elements into storable events and dead-letter entries (with their reasons)."""
     good: list[Decoded] = []
     dead: list[bytes] = []
@@ -60,7 +63,10 @@ class Worker:
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
         self._redis = client or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=WAIT_SECONDS + 10, socket_connect_timeout=5, health_check_interval=30
+            settings.redis_url,
+            socket_timeout=WAIT_SECONDS + 10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
         )
         self.queue = WorkQueue(self._redis, QueueKeys(settings.queue))
         self.writer = StoreWriter(open_writer(settings.db))
@@ -69,6 +75,8 @@ class Worker:
         self._ttl_ms = int(settings.heartbeat_ttl * 1000)
         self._last_beat = 0.0
         self.totals = {"ingested": 0, "duplicates": 0, "dead_lettered": 0, "batches": 0}
+        self._retry_until_stop = self._retrying(stop_on_warm=True)
+        self._retry_until_cold = self._retrying(stop_on_warm=False)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -112,8 +120,11 @@ class Worker:
         if not left.items:
             return
         if left.batch_id is not None and left.batch_id == self.writer.last_batch_id:
-            log.warning("batch %s (%d events) was committed but not acknowledged: acknowledging",
-                        left.batch_id, len(left.items))  # fmt: skip
+            log.warning(
+                "batch %s (%d events) was committed but not acknowledged: acknowledging",
+                left.batch_id,
+                len(left.items),
+            )
             _, dead = decode_batch(left.items, self.settings.max_payload_bytes, left.batch_id)
             self._retry(lambda: self._ack(CommitResult(left.batch_id or 0), dead))
         else:
@@ -138,17 +149,23 @@ class Worker:
             "batches": 1,
         }
         announce = {"batch": result.batch_id, "tasks": result.tasks} if result.tasks else None
-        for name, value in counters.items():
-            self.totals[name] += value
+        totals = {name: self.totals[name] + value for name, value in counters.items()}
         self.queue.ack(
-            dead=dead, counters=counters, heartbeat=self._heartbeat(), heartbeat_ttl_ms=self._ttl_ms, announce=announce
+            dead=dead,
+            counters=counters,
+            heartbeat=self._heartbeat(totals),
+            heartbeat_ttl_ms=self._ttl_ms,
+            announce=announce,
         )
+        self.totals = totals
         self._last_beat = time.monotonic()
         if dead:
             log.warning("batch %s: %d events dead-lettered", result.batch_id, len(dead))
 
-    def _heartbeat(self) -> bytes:
-        return orjson.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": time.time(), **self.totals})
+    def _heartbeat(self, totals: dict[str, int] | None = None) -> bytes:
+        return orjson.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "at": time.time(), **(totals or self.totals)}
+        )
 
     def _beat_if_due(self) -> None:
         if time.monotonic() - self._last_beat >= self.settings.heartbeat_ttl / 3:
@@ -161,12 +178,16 @@ class Worker:
         A warm stop ends the waiting (the batch stays in Redis for the next start), except where
         `cold_only`: a commit keeps trying until it lands or a second signal stops the process.
         """
-        retrying = Retrying(
-            retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError, sqlite3.OperationalError)),
-            wait=wait_exponential_jitter(initial=0.05, max=5.0),
-            stop=(lambda _state: False) if cold_only else stop_when_event_set(self._stop),
-            sleep=self._stop.wait if not cold_only else time.sleep,
+        return (self._retry_until_cold if cold_only else self._retry_until_stop)(call)
+
+    def _retrying(self, *, stop_on_warm: bool) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception_type(
+                (redis.ConnectionError, redis.TimeoutError, sqlite3.OperationalError)
+            ),
+            wait=wait_exponential_jitter(multiplier=0.05, max=5.0, jitter=0.1),
+            stop=stop_when_event_set(self._stop) if stop_on_warm else stop_never,
+            sleep=self._stop.wait if stop_on_warm else time.sleep,
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,
         )
-        return retrying(call)

@@ -221,10 +221,19 @@ class StoreWriter:
 
             rows.append(
                 (
-                    e.task_id, seq, e.event_type, e.phase, e.actor, e.span_id, e.parent_span_id,
-                    d.payload_json.decode(), created_at, e.event_uid, e.emitted_at,
+                    e.task_id,
+                    seq,
+                    e.event_type,
+                    e.phase,
+                    e.actor,
+                    e.span_id,
+                    e.parent_span_id,
+                    d.payload_json.decode(),
+                    created_at,
+                    e.event_uid,
+                    e.emitted_at,
                 )
-            )  # fmt: skip
+            )
         return rows, tasks, spans
 
     def _write_tasks(self, changes: dict[str, _TaskChange], at: str) -> None:
@@ -233,9 +242,7 @@ class StoreWriter:
             for tid, c in changes.items()
             if not c.existing
         ]
-        old = [
-            (c.last_seq, c.count, at, c.phase, c.status, tid) for tid, c in changes.items() if c.existing
-        ]
+        old = [(c.last_seq, c.count, at, c.phase, c.status, tid) for tid, c in changes.items() if c.existing]
         if new:
             self._conn.executemany(_INSERT_TASK, new)
         if old:
@@ -246,10 +253,20 @@ class StoreWriter:
             _UPSERT_SPAN,
             [
                 (
-                    s.task_id, s.span_id, s.parent_span_id, s.event_type, s.phase, s.first_seq,
-                    s.last_seq, s.count, s.state, at, s.end_seq, at if s.end_seq is not None else None,
+                    s.task_id,
+                    s.span_id,
+                    s.parent_span_id,
+                    s.event_type,
+                    s.phase,
+                    s.first_seq,
+                    s.last_seq,
+                    s.count,
+                    s.state,
+                    at,
+                    s.end_seq,
+                    at if s.end_seq is not None else None,
                     s.state_changed,
                 )
                 for s in changes
             ],
-        )  # fmt: skip
+        )

@@ -34,7 +34,9 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--redis-url", help="Redis URL (overrides TASKEVENTS_REDIS_URL).")
     @functools.wraps(func)
     def wrapper(redis_url: str | None, db: str | None, queue: str | None, **kwargs: Any) -> Any:
-        overrides = {k: v for k, v in {"redis_url": redis_url, "db": db, "queue": queue}.items() if v is not None}
+        overrides = {
+            k: v for k, v in {"redis_url": redis_url, "db": db, "queue": queue}.items() if v is not None
+        }
         try:
             settings = Settings(**overrides)
         except ValidationError as exc:

@@ -17,14 +17,25 @@ Phase = Literal["planning", "executing", "verifying", "recovery"]
 # can add its own without a release of the store.
 EVENT_TYPES: Final = frozenset(
     {
-        "runner_spawn", "runner_exit", "runner_heartbeat",
-        "phase_enter", "phase_exit",
-        "work_item_start", "work_item_progress", "work_item_complete", "work_item_failed",
-        "checkpoint_commit", "checkpoint_verified", "checkpoint_invalid",
-        "evidence_collected", "evidence_linked",
-        "recovery_initiated", "recovery_checkpoint_loaded", "recovery_complete",
+        "runner_spawn",
+        "runner_exit",
+        "runner_heartbeat",
+        "phase_enter",
+        "phase_exit",
+        "work_item_start",
+        "work_item_progress",
+        "work_item_complete",
+        "work_item_failed",
+        "checkpoint_commit",
+        "checkpoint_verified",
+        "checkpoint_invalid",
+        "evidence_collected",
+        "evidence_linked",
+        "recovery_initiated",
+        "recovery_checkpoint_loaded",
+        "recovery_complete",
     }
-)  # fmt: skip
+)
 CHECKPOINT_TYPES: Final = ("checkpoint_commit", "checkpoint_verified", "checkpoint_invalid")
 
 # How an event changes the state of its span.

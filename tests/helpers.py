@@ -1,0 +1,51 @@
+"""Helpers the tests share: the real worker in a subprocess, polling, reading the store."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from shared.settings import Settings
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        TASKEVENTS_REDIS_URL=settings.redis_url,
+        TASKEVENTS_DB=str(settings.db),
+        TASKEVENTS_QUEUE=settings.queue,
+        TASKEVENTS_BATCH_SIZE=str(settings.batch_size),
+        **extra,
+    )
+    return env
+
+
+def start_worker(settings: Settings, **extra: str) -> subprocess.Popen[bytes]:
+    """The real worker, as `python -m ingest`, in a process of its own."""
+    return subprocess.Popen([sys.executable, "-m", "ingest"], env=worker_env(settings, **extra))
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
+        time.sleep(interval)
+
+
+def rows(db: Path, sql: str, *params: object) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def seqs_by_task(db: Path) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for task_id, seq in rows(db, "SELECT task_id, seq FROM task_events ORDER BY task_id, seq"):
+        out.setdefault(task_id, []).append(seq)
+    return out

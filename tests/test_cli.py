@@ -1,0 +1,112 @@
+"""The `taskevents` command: help, emit from a shell, dead-letter inspection and replay."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from click.testing import CliRunner
+
+from ingest.worker import Worker
+from shared.cli import main
+from shared.keys import QueueKeys
+from shared.settings import Settings
+
+COMMANDS = ["dead-letters", "emit", "ingest", "redis", "simulate"]
+
+
+def run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from shared.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "TASKEVENTS_REDIS_URL": settings.redis_url,
+            "TASKEVENTS_QUEUE": settings.queue,
+            "TASKEVENTS_DB": str(settings.db),
+            "PATH": "",
+        },
+    )
+
+
+def test_every_command_has_help_naming_its_environment() -> None:
+    runner = CliRunner()
+    top = runner.invoke(main, ["--help"])
+    assert top.exit_code == 0
+    for name in COMMANDS:
+        assert name in top.output
+        sub = runner.invoke(main, [name, "--help"])
+        assert sub.exit_code == 0, sub.output
+        assert "TASKEVENTS_REDIS_URL" in sub.output
+
+
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "taskevents"  # beside the interpreter, in the venv
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and "taskevents" in done.stdout
+
+
+@pytest.mark.redis_server
+def test_emit_from_a_shell_runner(settings: Settings, client: redis.Redis) -> None:
+    done = run(
+        settings,
+        "emit",
+        "t1",
+        "phase_enter",
+        "--span-id",
+        "p",
+        "--phase",
+        "planning",
+        "--parent-span-id",
+        "root",
+        "--payload",
+        '{"explanation": "plan"}',
+        "--event-uid",
+        "u1",
+    )
+    assert done.returncode == 0, done.stderr
+    (pushed,) = [orjson.loads(x) for x in client.lrange(settings.queue, 0, -1)]
+    assert pushed["task_id"] == "t1" and pushed["phase"] == "planning" and pushed["event_uid"] == "u1"
+    assert pushed["payload"] == {"explanation": "plan"}
+
+
+@pytest.mark.redis_server
+def test_emit_refuses_bad_arguments_with_the_field_named(settings: Settings, client: redis.Redis) -> None:
+    done = run(settings, "emit", "", "phase_enter", "--span-id", "p")
+    assert done.returncode == 2 and "task_id:" in done.stderr
+    done = run(settings, "emit", "t", "phase_enter", "--span-id", "p", "--payload", "{oops")
+    assert done.returncode == 2 and "--payload" in done.stderr
+    assert client.llen(settings.queue) == 0
+
+
+def test_emit_fails_when_redis_cannot_take_the_event(tmp_path: Path) -> None:
+    from ingest.localredis import free_port
+
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", db=tmp_path / "x.db")
+    done = run(settings, "emit", "t", "runner_spawn", "--span-id", "r", "--timeout", "0.5")
+    assert done.returncode == 1 and "not delivered" in done.stderr
+
+
+@pytest.mark.redis_server
+def test_dead_letters_are_counted_listed_and_replayed(settings: Settings, client: redis.Redis) -> None:
+    keys = QueueKeys(settings.queue)
+    client.rpush(
+        settings.queue, b"not json", b'{"task_id": "t", "event_type": "x", "actor": "a", "span_id": ""}'
+    )
+    worker = Worker(settings)
+    while worker.step():
+        pass
+    counted = run(settings, "dead-letters", "count")
+    assert counted.returncode == 0
+    assert "2 dead letters" in counted.stdout and "not_json" in counted.stdout and "invalid" in counted.stdout
+    listed = run(settings, "dead-letters", "list")
+    assert "span_id: String should have at least 1 character" in listed.stdout and "not json" in listed.stdout
+    replayed = run(settings, "dead-letters", "replay", "--code", "not_json")
+    assert "replayed 1" in replayed.stdout
+    assert client.lrange(settings.queue, 0, -1) == [b"not json"]  # the original bytes, back on the queue
+    assert client.llen(keys.dead) == 1
+    purged = run(settings, "dead-letters", "purge", "--yes")
+    assert "deleted 1" in purged.stdout and client.llen(keys.dead) == 0

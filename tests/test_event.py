@@ -1,0 +1,75 @@
+"""The event rules, applied to raw queue elements as the worker sees them."""
+
+import orjson
+import pytest
+
+from shared.event import BadEvent, decode, encode_payload
+
+LIMIT = 64 * 1024
+GOOD = {"task_id": "t1", "event_type": "phase_enter", "phase": "planning", "actor": "runner", "span_id": "s1"}
+
+
+def raw(**changes: object) -> bytes:
+    event = {**GOOD, **changes}
+    return orjson.dumps({k: v for k, v in event.items() if v is not ...})
+
+
+def test_a_good_event_decodes_with_defaults() -> None:
+    event, payload = decode(raw(), LIMIT)
+    assert (event.task_id, event.event_type, event.phase, event.actor, event.span_id) == (
+        "t1",
+        "phase_enter",
+        "planning",
+        "runner",
+        "s1",
+    )
+    assert event.parent_span_id is None and event.event_uid is None
+    assert payload == b"{}"
+
+
+def test_unknown_extra_fields_are_ignored() -> None:
+    event, _ = decode(raw(newer_field=1), LIMIT)
+    assert event.task_id == "t1"
+
+
+@pytest.mark.parametrize(
+    ("element", "code", "words"),
+    [
+        (b"not json", "not_json", "not valid JSON"),
+        (b"\xff\xfe{}", "not_json", "not valid JSON"),
+        (b'{"task_id": "\\ud800"}', "not_json", "not valid JSON"),
+        (b"[1, 2]", "not_object", "JSON list"),
+        (b'"an event"', "not_object", "JSON str"),
+        (b'{"task_id": NaN}', "not_json", "not valid JSON"),
+        (b'{"x": 1e400}', "not_json", "infinity"),
+        (raw(task_id=...), "invalid", "task_id: Field required"),
+        (raw(task_id=""), "invalid", "task_id: String should have at least 1 character"),
+        (raw(task_id="x" * 129), "invalid", "task_id: String should have at most 128"),
+        (raw(task_id="a\nb"), "invalid", "task_id: String should match pattern"),
+        (raw(actor=""), "invalid", "actor:"),
+        (raw(span_id=...), "invalid", "span_id: Field required"),
+        (raw(event_type="PhaseEnter"), "invalid", "event_type: String should match pattern"),
+        (raw(phase="deploying"), "invalid", "phase: Input should be 'planning'"),
+        (raw(task_id=7), "invalid", "task_id: Input should be a valid string"),
+        (raw(payload=[1]), "invalid", "payload: Input should be a valid dictionary"),
+        (raw(payload="{}"), "invalid", "payload: Input should be a valid dictionary"),
+        (raw(payload={"blob": "x" * LIMIT}), "payload_too_large", "more than the limit"),
+        (raw(emitted_at="yesterday"), "invalid", "emitted_at:"),
+    ],
+)
+def test_bad_elements_are_refused_with_a_reason(element: bytes, code: str, words: str) -> None:
+    with pytest.raises(BadEvent) as caught:
+        decode(element, LIMIT)
+    assert caught.value.code == code
+    assert words in caught.value.reason
+
+
+def test_payload_encoding_is_strict_json() -> None:
+    assert encode_payload({"progress": 0.5, "none": None}, LIMIT) == b'{"progress":0.5,"none":null}'
+    for bad, words in [
+        ({"x": float("nan")}, "NaN"),
+        ({"x": {1, 2}}, "not JSON-serializable"),
+        ([1], "JSON object"),
+    ]:
+        with pytest.raises(BadEvent, match=words):
+            encode_payload(bad, LIMIT)  # type: ignore[arg-type]
