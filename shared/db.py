@@ -19,6 +19,7 @@ def open_writer(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keeps the hot index pages of a large store
     conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA wal_autocheckpoint = 16384")
     migrate(conn)
     return conn
 

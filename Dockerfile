@@ -1,0 +1,38 @@
+# The taskevents image: the `taskevents` command (worker now, read API later) on Python 3.11.
+# docker-compose.yml chooses the command; the default is the ingest worker.
+
+# --- build: a wheel of the project, so no source tree or build leftovers reach the runtime image
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+# Only what the package is made of (pyproject names README.md and the three packages); this keeps a
+# local .venv/, data/ and *.db out of the image even without a .dockerignore.
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY ingest ./ingest
+COPY api ./api
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
+# --- runtime
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TASKEVENTS_DB=/data/taskevents.db
+COPY --from=build /wheels /wheels
+RUN pip install /wheels/*.whl && rm -rf /wheels
+
+# A non-root user owning /data: an empty named volume mounted there takes this ownership, so the
+# worker can create the SQLite file (and its -wal/-shm files) beside it.
+RUN groupadd --system --gid 10001 taskevents \
+    && useradd --system --uid 10001 --gid taskevents --home-dir /data --no-create-home \
+       --shell /usr/sbin/nologin taskevents \
+    && mkdir -p /data \
+    && chown taskevents:taskevents /data
+VOLUME ["/data"]
+WORKDIR /data
+USER taskevents
+
+# Exec form: taskevents is PID 1 and gets SIGTERM itself (it commits the batch in hand, then exits).
+CMD ["taskevents", "ingest"]

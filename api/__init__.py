@@ -1,0 +1,1 @@
+"""The read API (FastAPI, read-only on the store). It never imports `ingest`."""

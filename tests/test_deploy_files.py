@@ -1,0 +1,83 @@
+"""The Procfile (local runs) and docker-compose.yml (deployment) run the same commands, safely configured."""
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ingest.localredis import SAFE_ARGS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def procfile() -> dict[str, list[str]]:
+    processes = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, command = line.partition(":")
+            processes[name.strip()] = shlex.split(command)
+    return processes
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Any]:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return compose["services"]
+
+
+def argv(command: str | list[str]) -> list[str]:
+    """A compose `command` as an argument list (compose splits a string like a shell, without one)."""
+    return shlex.split(command) if isinstance(command, str) else [str(arg) for arg in command]
+
+
+def healthcheck_argv(test: str | list[str]) -> list[str]:
+    if isinstance(test, str):
+        return shlex.split(test)
+    if test[0] == "CMD":
+        return list(test[1:])
+    assert test[0] == "CMD-SHELL", test
+    return shlex.split(test[1])
+
+
+def flags(args: list[str]) -> dict[str, str]:
+    """`--name value` pairs of a redis-server command line."""
+    start = next(i for i, arg in enumerate(args) if arg.startswith("--"))
+    pairs = args[start:]
+    assert len(pairs) % 2 == 0 and all(name.startswith("--") for name in pairs[::2]), args
+    return dict(zip(pairs[::2], pairs[1::2], strict=True))
+
+
+def test_procfile_has_the_worker() -> None:
+    assert procfile()["worker"] == ["taskevents", "ingest"]
+
+
+@pytest.mark.parametrize("name", sorted(set(procfile()) - {"redis"}))
+def test_every_procfile_process_is_a_compose_service_with_the_same_command(
+    services: dict[str, Any], name: str
+) -> None:
+    # `redis` is the exception: locally `taskevents redis` provides one, in compose the redis image does.
+    assert name in services, f"Procfile process {name!r} has no service in docker-compose.yml"
+    assert argv(services[name]["command"]) == procfile()[name]
+
+
+def test_the_worker_is_health_checked_and_waits_for_a_healthy_redis(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    assert healthcheck_argv(worker["healthcheck"]["test"]) == ["taskevents", "ingest", "--check"]
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert worker["environment"]["TASKEVENTS_REDIS_URL"] == "redis://redis:6379/0"
+    assert worker["environment"]["TASKEVENTS_DB"].startswith("/data/")
+    assert any(str(volume).endswith(":/data") for volume in worker["volumes"])
+
+
+def test_compose_redis_runs_with_the_safe_configuration(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    command = argv(redis["command"])
+    assert command[0] == "redis-server"
+    safe = flags(list(SAFE_ARGS))
+    assert safe["--appendonly"] == "yes" and safe["--maxmemory-policy"] == "noeviction"
+    configured = flags(command)
+    assert {name: configured.get(name) for name in safe} == safe
+    assert "redis-cli ping" in " ".join(healthcheck_argv(redis["healthcheck"]["test"]))
+    assert any(str(volume).endswith(":/data") for volume in redis["volumes"])
