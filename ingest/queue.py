@@ -1,9 +1,11 @@
 """The worker's side of the Redis list: claim a batch, wait for work, acknowledge, recover.
 
-A claimed batch is moved atomically into `<queue>:processing` (the rq/Celery "reliable queue"
-pattern), so an event popped by a worker that then dies is still in Redis. `<queue>:processing:batch`
-holds the id of that batch; the store records the id of the last batch it committed, which tells a
-restarted worker whether the leftovers were committed already (acknowledge them) or not (write them).
+A claimed batch is moved atomically into a processing list (the rq/Celery "reliable queue" pattern),
+so an event popped by a worker that then dies is still in Redis. Batch n uses slot n % 2: the worker
+claims and validates batch n + 1 while batch n commits, and never claims n + 2 before n is
+acknowledged. Each slot's `:batch` key holds its batch id; the store records the id of the last batch
+it committed, which tells a restarted worker whether a slot's leftovers were committed already
+(acknowledge them) or not (write them, in batch order).
 """
 
 from collections.abc import Mapping, Sequence
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import orjson
 import redis
 
-from shared.keys import QueueKeys
+from shared.keys import SLOTS, QueueKeys
 
 # Move up to ARGV[1] elements from the queue to the processing list (topping up anything already
 # there), stamp the batch id, and return the whole processing list. Atomic: Redis runs scripts alone.
@@ -35,8 +37,9 @@ return batch
 
 @dataclass(frozen=True, slots=True)
 class InFlight:
-    """What a previous worker left in the processing list."""
+    """What a previous worker left in a processing slot."""
 
+    slot: int
     batch_id: int | None
     items: list[bytes]
 
@@ -49,23 +52,37 @@ class WorkQueue:
 
     def claim(self, max_items: int, batch_id: int) -> list[bytes]:
         """Take up to `max_items` (plus any leftovers) as batch `batch_id`; [] if there is no work."""
-        k = self.keys
-        return list(self._claim(keys=[k.queue, k.processing, k.processing_batch], args=[max_items, batch_id]))
+        k, slot = self.keys, batch_id % SLOTS
+        keys = [k.queue, k.processing(slot), k.processing_batch(slot)]
+        return list(self._claim(keys=keys, args=[max_items, batch_id]))
 
-    def wait(self, timeout: float) -> bool:
-        """Block until an event arrives (it moves to the processing list) or `timeout` passes."""
+    def wait(self, timeout: float, batch_id: int) -> bool:
+        """Block until an event arrives (it moves to batch `batch_id`'s slot) or `timeout` passes."""
         k = self.keys
-        return self._redis.blmove(k.queue, k.processing, timeout, "LEFT", "RIGHT") is not None
+        return (
+            self._redis.blmove(k.queue, k.processing(batch_id % SLOTS), timeout, "LEFT", "RIGHT") is not None
+        )
 
-    def in_flight(self) -> InFlight:
+    def in_flight(self) -> list[InFlight]:
         pipe = self._redis.pipeline(transaction=True)
-        pipe.get(self.keys.processing_batch)
-        pipe.lrange(self.keys.processing, 0, -1)
-        raw_id, items = pipe.execute()
-        return InFlight(int(raw_id) if raw_id is not None else None, list(items))
+        for slot in range(SLOTS):
+            pipe.get(self.keys.processing_batch(slot))
+            pipe.lrange(self.keys.processing(slot), 0, -1)
+        replies = pipe.execute()
+        return [
+            InFlight(slot, int(raw_id) if raw_id is not None else None, list(items))
+            for slot, (raw_id, items) in enumerate(zip(replies[::2], replies[1::2], strict=True))
+        ]
+
+    def in_flight_count(self) -> int:
+        pipe = self._redis.pipeline(transaction=False)
+        for key in self.keys.processing_keys:
+            pipe.llen(key)
+        return sum(pipe.execute())
 
     def ack(
         self,
+        batch_id: int,
         *,
         dead: Sequence[bytes] = (),
         counters: Mapping[str, int] | None = None,
@@ -81,7 +98,7 @@ class WorkQueue:
         for name, value in (counters or {}).items():
             if value:
                 pipe.hincrby(k.stats, name, value)
-        pipe.delete(k.processing, k.processing_batch)
+        pipe.delete(k.processing(batch_id % SLOTS), k.processing_batch(batch_id % SLOTS))
         pipe.set(k.heartbeat, heartbeat, px=heartbeat_ttl_ms)
         if announce:
             pipe.publish(k.commits, orjson.dumps(announce))

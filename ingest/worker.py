@@ -14,6 +14,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from types import FrameType
 from typing import TypeVar
 
@@ -41,6 +43,12 @@ log = logging.getLogger("taskevents.worker")
 T = TypeVar("T")
 
 WAIT_SECONDS = 1.0  # longest block on an empty queue: bounds how late a warm stop or a heartbeat is
+
+
+def _finish(pending: "Future[None] | None") -> None:
+    """Wait for a batch handed to the writer thread; its exception, if any, is raised here."""
+    if pending is not None:
+        pending.result()
 
 
 def decode_batch(
@@ -81,7 +89,7 @@ class Worker:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Warm stop: finish and commit the batch in hand, then return from `run`."""
+        """Warm stop: finish and commit the batches in hand, then return from `run`."""
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -91,55 +99,84 @@ class Worker:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals += 1
         if self._signals == 1:
-            log.info("%s: finishing the batch in hand, then stopping", signal.Signals(signum).name)
+            log.info("%s: finishing the batches in hand, then stopping", signal.Signals(signum).name)
             self.request_stop()
         else:
-            # Cold stop: the uncommitted batch stays in the processing list for the next start.
+            # Cold stop, at once: an uncommitted transaction dies with the process, and the batches in
+            # hand stay in their processing slots for the next start.
             log.warning("second signal: stopping now")
-            raise SystemExit(128 + signum)
+            logging.shutdown()
+            os._exit(128 + signum)
 
     def run(self) -> None:
+        """Consume until a warm stop."""
         log.info("worker %s consuming %s into %s", os.getpid(), self.settings.queue, self.settings.db)
+        self._loop(until_empty=False)
+        log.info("worker stopped after %s", self.totals)
+
+    def drain(self) -> None:
+        """Consume until the queue is empty (benchmarks, tests, one-off catch-up)."""
+        self._loop(until_empty=True)
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def _loop(self, *, until_empty: bool) -> None:
+        """Claim and validate batch n + 1 on this thread while batch n commits on the writer thread.
+
+        SQLite releases the GIL while it works, so the two overlap on two cores.
+        """
         try:
             self._retry(self.recover)
-            while not self._stop.is_set():
-                if not self.step():
-                    self._beat_if_due()
-                    self._retry(lambda: self.queue.wait(WAIT_SECONDS))
+            batch_id = self.writer.last_batch_id + 1
+            with ThreadPoolExecutor(1, thread_name_prefix="taskevents-writer") as writer:
+                pending: Future[None] | None = None
+                try:
+                    while not self._stop.is_set():
+                        items = self._retry(partial(self.queue.claim, self.settings.batch_size, batch_id))
+                        if not items:
+                            pending = _finish(pending)  # everything is acknowledged before blocking
+                            if until_empty:
+                                return
+                            self._beat_if_due()
+                            self._retry(partial(self.queue.wait, WAIT_SECONDS, batch_id))
+                            continue
+                        good, dead = decode_batch(items, self.settings.max_payload_bytes, batch_id)
+                        pending = _finish(pending)
+                        pending = writer.submit(self._store, batch_id, good, dead)
+                        batch_id += 1
+                finally:
+                    _finish(pending)
         except (redis.RedisError, sqlite3.OperationalError):
             if not self._stop.is_set():
                 raise
             log.warning("stopped while Redis or the store was unavailable; in-flight events stay in Redis")
-        log.info("worker stopped after %s", self.totals)
-
-    # --- the loop --------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Finish what a previous worker left in the processing list."""
-        left = self.queue.in_flight()
-        if not left.items:
-            return
-        if left.batch_id is not None and left.batch_id == self.writer.last_batch_id:
-            log.warning(
-                "batch %s (%d events) was committed but not acknowledged: acknowledging",
-                left.batch_id,
-                len(left.items),
-            )
-            _, dead = decode_batch(left.items, self.settings.max_payload_bytes, left.batch_id)
-            self._retry(lambda: self._ack(CommitResult(left.batch_id or 0), dead))
-        else:
-            log.warning("%d events were taken but not committed: processing them again", len(left.items))
+        """Finish what a previous worker left in the processing slots."""
+        for left in self.queue.in_flight():
+            if not left.items:
+                continue
+            if left.batch_id is not None and left.batch_id <= self.writer.last_batch_id:
+                log.warning("batch %s (%d events) was committed but not acknowledged: acknowledging",
+                            left.batch_id, len(left.items))  # fmt: skip
+                _, dead = decode_batch(left.items, self.settings.max_payload_bytes, left.batch_id)
+                self._retry(partial(self._ack, CommitResult(left.batch_id), dead))
+            else:
+                log.warning("%d events were taken but not committed: processing them again", len(left.items))
 
     def step(self) -> bool:
-        """Claim, commit and acknowledge one batch. False when the queue was empty."""
+        """Claim, commit and acknowledge one batch, without overlap. False when the queue was empty."""
         batch_id = self.writer.last_batch_id + 1
-        items = self._retry(lambda: self.queue.claim(self.settings.batch_size, batch_id))
+        items = self._retry(partial(self.queue.claim, self.settings.batch_size, batch_id))
         if not items:
             return False
         good, dead = decode_batch(items, self.settings.max_payload_bytes, batch_id)
+        self._store(batch_id, good, dead)
+        return True
+
+    def _store(self, batch_id: int, good: list[Decoded], dead: list[bytes]) -> None:
         result = self._retry(lambda: self.writer.commit(batch_id, good), cold_only=True)
         self._retry(lambda: self._ack(result, dead))
-        return True
 
     def _ack(self, result: CommitResult, dead: list[bytes]) -> None:
         counters = {
@@ -151,6 +188,7 @@ class Worker:
         announce = {"batch": result.batch_id, "tasks": result.tasks} if result.tasks else None
         totals = {name: self.totals[name] + value for name, value in counters.items()}
         self.queue.ack(
+            result.batch_id,
             dead=dead,
             counters=counters,
             heartbeat=self._heartbeat(totals),

@@ -2,20 +2,25 @@
 
 from dataclasses import dataclass
 
+# Batches in flight at once: one being committed while the next is claimed and validated.
+SLOTS = 2
+
 
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
     queue: str
 
-    @property
-    def processing(self) -> str:
-        """The batch the worker has taken but not yet acknowledged."""
-        return f"{self.queue}:processing"
+    def processing(self, slot: int) -> str:
+        """A batch the worker has taken but not yet acknowledged; batch n uses slot n % SLOTS."""
+        return f"{self.queue}:processing:{slot}"
+
+    def processing_batch(self, slot: int) -> str:
+        """Id of the batch in that slot, compared with the store's last committed batch on recovery."""
+        return f"{self.queue}:processing:{slot}:batch"
 
     @property
-    def processing_batch(self) -> str:
-        """Id of the batch in `processing`, compared with the store's last committed batch on recovery."""
-        return f"{self.queue}:processing:batch"
+    def processing_keys(self) -> list[str]:
+        return [self.processing(slot) for slot in range(SLOTS)]
 
     @property
     def dead(self) -> str:

@@ -62,7 +62,7 @@ def test_every_event_is_stored_once_in_order_through_five_sigkills(
         time.sleep(rng.uniform(0.3, 0.8))
         worker.kill()
         worker.wait(10)
-        in_flight_at_kill.append(client.llen(keys.processing))
+        in_flight_at_kill.append(sum(client.llen(k) for k in keys.processing_keys))
         worker = start_worker(settings)
     for t in producers:
         t.join()
@@ -71,7 +71,7 @@ def test_every_event_is_stored_once_in_order_through_five_sigkills(
         wait_for(
             lambda: (
                 client.llen(settings.queue) == 0
-                and client.llen(keys.processing) == 0
+                and client.exists(*keys.processing_keys) == 0
                 and rows(settings.db, "SELECT count(*) FROM task_events")[0][0] >= THREADS * PER_THREAD
             ),
             timeout=60,

@@ -156,10 +156,10 @@ def test_uncommitted_leftovers_are_processed_after_a_crash(settings: Settings, c
     client.rpush(settings.queue, *[event() for _ in range(10)])
     worker = Worker(settings)
     worker.queue.claim(4, worker.writer.last_batch_id + 1)  # taken, then the worker "died"
-    assert client.llen(QueueKeys(settings.queue).processing) == 4
+    assert client.llen(QueueKeys(settings.queue).processing(1)) == 4  # batch 1's slot
     drain_after_recovery(Worker(settings))
     assert seqs_by_task(settings.db) == {"t1": list(range(1, 11))}
-    assert client.exists(QueueKeys(settings.queue).processing) == 0
+    assert client.exists(*QueueKeys(settings.queue).processing_keys) == 0
 
 
 def test_committed_but_unacknowledged_batch_is_not_stored_twice(
@@ -177,7 +177,7 @@ def test_committed_but_unacknowledged_batch_is_not_stored_twice(
     drain_after_recovery(Worker(settings))
     assert seqs_by_task(settings.db) == {"t1": [1, 2, 3, 4, 5]}
     keys = QueueKeys(settings.queue)
-    assert client.exists(keys.processing, keys.processing_batch) == 0
+    assert client.exists(*keys.processing_keys, keys.processing_batch(0), keys.processing_batch(1)) == 0
     assert client.llen(keys.dead) == 1  # its dead letter is still recorded, once
 
 
@@ -197,7 +197,7 @@ def test_sigterm_finishes_the_batch_and_exits_zero(settings: Settings, client: r
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     keys = QueueKeys(settings.queue)
-    assert client.llen(keys.processing) == 0  # nothing left half-done
+    assert client.exists(*keys.processing_keys) == 0  # nothing left half-done
     stored = rows(settings.db, "SELECT count(*) FROM task_events")[0][0]
     assert stored + client.llen(settings.queue) == 50_000
     assert all(s == list(range(1, len(s) + 1)) for s in seqs_by_task(settings.db).values())
