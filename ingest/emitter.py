@@ -129,8 +129,10 @@ class Emitter:
         )
         item = (time.time_ns(), event_uid, body)
         with self._lock:
-            if self._closed:
-                raise RuntimeError("emit() on a closed Emitter")
+            if self._closed:  # e.g. a runner thread still emitting during interpreter exit
+                self.dropped += 1
+                log.warning("emit() on a closed emitter: event dropped (%d so far)", self.dropped)
+                return
             if len(self._buffer) >= self.buffer_size:
                 self._buffer.popleft()
                 self.dropped += 1

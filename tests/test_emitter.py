@@ -210,3 +210,10 @@ def test_exit_is_bounded_when_redis_is_unreachable() -> None:
     assert time.monotonic() - started < 10
     assert done.returncode == 0
     assert "1 events not delivered" in done.stderr  # reported through logging, not lost silently
+
+
+def test_emit_after_close_is_counted_not_raised(fake: fakeredis.FakeRedis) -> None:
+    emitter = Emitter(client=fake)
+    assert emitter.close(1)
+    emitter.emit("t", "runner_heartbeat", span_id="s", actor="runner")
+    assert emitter.dropped == 1 and fake.llen(QUEUE) == 0
