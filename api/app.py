@@ -1,0 +1,105 @@
+"""The application factory: `create_app(settings)` builds the read API; nothing happens at import.
+
+State on `app.state`, for every router (the live stream's too):
+- `settings`: the process's Settings;
+- `store`: the ReadStore, the pool of read-only connections (`store.run(read, *args)` on a thread);
+- `redis`: a Redis client with short timeouts (for checks; it never blocks a request for long);
+- `registry`: the Prometheus registry served at /metrics.
+"""
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from prometheus_client import CollectorRegistry
+
+from api import health, tasks
+from api.errors import install_error_handlers
+from api.metrics import MetricsMiddleware, RequestMetrics, WorkerCollector, metrics_router
+from api.store import DEFAULT_POOL_SIZE, ReadStore, StoreUnavailable
+from api.worker_report import redis_client
+from shared.keys import QueueKeys
+from shared.settings import Settings
+
+log = logging.getLogger("taskevents.api")
+
+DESCRIPTION = """\
+Read-only access to the taskevents store: each task's events in seq order, its snapshot, span graph
+and checkpoints, and the list of tasks. Every error has the body `{"detail": str, "code": str}`:
+400 `bad_parameter`, 404 `task_not_found` or `not_found`, 503 `store_unavailable`.
+"""
+
+
+def package_version() -> str:
+    try:
+        return version("taskevents")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def create_app(
+    settings: Settings, *, routers: Sequence[APIRouter] = (), pool_size: int = DEFAULT_POOL_SIZE
+) -> FastAPI:
+    """The read API over `settings.db`; `routers` are included after the built-in ones.
+
+    The store may not exist yet (the worker creates it): task endpoints then answer 503 and recover
+    by themselves once it does.
+    """
+    app = FastAPI(
+        title="taskevents read API",
+        version=package_version(),
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = ReadStore(settings.db, size=pool_size)
+    app.state.redis = redis_client(settings)
+    app.state.registry = CollectorRegistry(auto_describe=False)
+    app.state.registry.register(WorkerCollector(app.state.redis, QueueKeys(settings.queue), app.state.store))
+
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=RequestMetrics(app.state.registry))
+
+    app.include_router(tasks.router)
+    app.include_router(health.router)
+    app.include_router(metrics_router())
+    # Further routers (the live stream: /sse/…, /ws/…) are included here, after the read endpoints.
+    for router in routers:
+        app.include_router(router)
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Say at start whether the store is readable yet; close the pool and Redis at the end."""
+    store: ReadStore = app.state.store
+    try:
+        store.check()
+        log.info("serving %s read-only", store.path)
+    except StoreUnavailable as exc:
+        log.warning("%s; task endpoints answer 503 until it is", exc)
+    try:
+        yield
+    finally:
+        store.close()
+        app.state.redis.close()
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema without the 422 responses it adds by default: this API answers 400 instead."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = FastAPI.openapi(app)
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            operation.get("responses", {}).pop("422", None)
+    schemas = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,87 @@
+"""Liveness (`/api/events/health`, the original's) and readiness (`/api/ready`) of the API process."""
+
+import redis
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from api import reads
+from api.deps import AppSettings, RedisClient, Store
+from api.models import Health, QueueStatus, Readiness, RedisStatus, StoreStatus, WorkerStatus
+from api.store import StoreUnavailable
+from api.worker_report import read_worker_report
+from shared.keys import QueueKeys
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/api/events/health", response_model=Health)
+async def health(request: Request) -> Response:
+    """The process answers. It reads nothing: use `/api/ready` to know whether it can serve."""
+    return JSONResponse({"status": "ok", "service": "task_events_api", "version": request.app.version})
+
+
+@router.get(
+    "/api/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "The store is not readable."}},
+)
+def ready(store: Store, client: RedisClient, settings: AppSettings) -> Response:
+    """Can this process serve? 200 while the store is readable (with the schema this API reads), else
+    503. Also reports, without failing on them: Redis reachable, the queue's depth, in-flight events and
+    dead letters, the worker's heartbeat age and counters."""
+    try:
+        version = store.check()
+        last = store.run(reads.last_commit_at)
+        store_status = StoreStatus(ok=True, schema_version=version, last_commit_at=last)
+    except StoreUnavailable as exc:
+        store_status = StoreStatus(ok=False, detail=str(exc))
+    try:
+        report = read_worker_report(client, QueueKeys(settings.queue))
+        redis_status = RedisStatus(ok=True)
+        queue = QueueStatus(depth=report.depth, in_flight=report.in_flight, dead_letters=report.dead_letters)
+        age = report.heartbeat_age
+        worker = WorkerStatus(
+            alive=report.heartbeat is not None,
+            heartbeat_age_seconds=round(age, 3) if age is not None else None,
+            heartbeat=report.heartbeat,
+            counters=report.counters,
+        )
+    except redis.RedisError as exc:
+        redis_status = RedisStatus(
+            ok=False, detail=f"Redis unreachable at {_safe_url(settings.redis_url)}: {exc}"
+        )
+        queue, worker = None, None
+
+    problems = []
+    if not store_status.ok:
+        problems.append(f"store: {store_status.detail}")
+    if not redis_status.ok:
+        problems.append(f"redis: {redis_status.detail}")
+    elif worker is not None and not worker.alive:
+        problems.append("worker: no heartbeat (no worker is running, or it is stuck)")
+    if not store_status.ok:
+        status, code = "unavailable", "store_unavailable"
+    else:
+        status, code = ("degraded" if problems else "ready"), None
+    body = Readiness(
+        status=status,
+        detail="; ".join(problems) or "store readable, Redis reachable, worker alive",
+        code=code,
+        store=store_status,
+        redis=redis_status,
+        queue=queue,
+        worker=worker,
+    )
+    return Response(
+        body.model_dump_json().encode(),
+        status_code=200 if store_status.ok else 503,
+        media_type="application/json",
+    )
+
+
+def _safe_url(url: str) -> str:
+    """The Redis URL without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

@@ -1,0 +1,180 @@
+"""Prometheus metrics at /metrics: the API's requests, and the worker's state read at scrape time.
+
+Requests are counted and timed by route template (`/api/tasks/{task_id}/events`, never the task id:
+the label set stays small) and status. The worker runs in another process and keeps its counters in
+Redis (`<queue>:worker:stats`, its heartbeat, the queue); a custom collector reads them when
+Prometheus scrapes, so the API exports them without importing `ingest` and without polling.
+"""
+
+import datetime
+import logging
+import time
+from collections.abc import Iterable, Iterator
+
+import redis
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import reads
+from api.store import ReadStore, StoreUnavailable
+from api.worker_report import read_worker_report
+from shared.keys import QueueKeys
+
+log = logging.getLogger("taskevents.api.metrics")
+
+# Reads take well under a millisecond; the buckets resolve that range and still catch slow outliers.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+UNMATCHED = "<unmatched>"  # the route label of requests for unknown paths
+
+
+class RequestMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("method", "route", "status")
+        self.requests = Counter(
+            "taskevents_api_requests", "HTTP requests answered.", labels, registry=registry
+        )
+        self.latency = Histogram(
+            "taskevents_api_request_duration_seconds",
+            "Time to answer an HTTP request (to the end of the response body).",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        labels = (method, route, str(status))
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+
+
+class MetricsMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware): it adds microseconds, not a task per request."""
+
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # if the app raises before answering, the server answers 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router put the matched route into the (shared) scope; its path is the template.
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED
+            self.metrics.observe(scope["method"], route, status, time.perf_counter() - start)
+
+
+class WorkerCollector:
+    """The worker's counters, queue depth and heartbeat age from Redis; the store's last commit."""
+
+    def __init__(self, client: redis.Redis, keys: QueueKeys, store: ReadStore) -> None:
+        self.client = client
+        self.keys = keys
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._redis_metrics()
+        yield from self._store_metrics()
+
+    def _redis_metrics(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "taskevents_redis_up", "1 if the API could read the worker's state from Redis."
+        )
+        try:
+            report = read_worker_report(self.client, self.keys)
+        except redis.RedisError as exc:
+            log.debug("metrics: Redis unreachable: %s", exc)
+            up.add_metric([], 0)
+            return [up]
+        up.add_metric([], 1)
+        out: list[Metric] = [up]
+        for name, value in sorted(report.counters.items()):
+            counter = CounterMetricFamily(
+                f"taskevents_worker_{name}", f"The worker's `{name}` counter (<queue>:worker:stats)."
+            )
+            counter.add_metric([], value)
+            out.append(counter)
+        batches, ingested = report.counters.get("batches", 0), report.counters.get("ingested", 0)
+        if batches:
+            out.append(
+                _gauge(
+                    "taskevents_worker_mean_batch_size",
+                    "Events stored per batch, on average.",
+                    ingested / batches,
+                )
+            )
+        out += [
+            _gauge(
+                "taskevents_queue_depth", "Events waiting in the queue (its lag, in events).", report.depth
+            ),
+            _gauge(
+                "taskevents_queue_in_flight",
+                "Events taken by the worker, not yet acknowledged.",
+                report.in_flight,
+            ),
+            _gauge("taskevents_dead_letters", "Events set aside in <queue>:dead.", report.dead_letters),
+            _gauge(
+                "taskevents_worker_up",
+                "1 if the worker's heartbeat is present.",
+                report.heartbeat is not None,
+            ),
+        ]
+        age = report.heartbeat_age
+        if age is not None:
+            out.append(
+                _gauge(
+                    "taskevents_worker_heartbeat_age_seconds", "Seconds since the worker's heartbeat.", age
+                )
+            )
+        return out
+
+    def _store_metrics(self) -> Iterable[Metric]:
+        try:
+            last = self.store.run(reads.last_commit_at)
+        except StoreUnavailable:
+            return [_gauge("taskevents_store_up", "1 if the API can read the store.", 0)]
+        out = [_gauge("taskevents_store_up", "1 if the API can read the store.", 1)]
+        if last is not None:
+            at = datetime.datetime.fromisoformat(last).timestamp()
+            out.append(
+                _gauge(
+                    "taskevents_store_last_commit_age_seconds",
+                    "Seconds since the worker last committed events (by task last_at).",
+                    max(0.0, time.time() - at),
+                )
+            )
+        return out
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=float(value))
+
+
+def metrics_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}},
+    )
+    def metrics(request: Request) -> Response:
+        # A sync endpoint: the collector does blocking Redis and SQLite reads, so it runs on a thread.
+        return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

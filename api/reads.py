@@ -1,0 +1,140 @@
+"""Each endpoint's read: its queries, on one connection inside one read transaction, to a JSON body.
+
+Every function takes the connection `ReadStore.run` gives it, so all its queries see one snapshot:
+the page and its total agree, and the task cannot change half-way. Bodies are bytes joined from the
+JSON SQLite rendered (api/queries.py); api/models.py describes them for OpenAPI. A benchmark or the
+live stream can call these directly: `store.run(reads.events_page, "t-1", 0, 100)`.
+"""
+
+import sqlite3
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import orjson
+
+from api import queries as q
+from api.cursor import encode_cursor
+from api.errors import TaskNotFound
+
+
+class TaskRow(NamedTuple):
+    latest_seq: int
+    event_count: int
+    current_phase: str | None
+    status: str
+
+
+def task_row(conn: sqlite3.Connection, task_id: str) -> TaskRow:
+    """The task's summary row; TaskNotFound if the store has no event of it."""
+    row = conn.execute(q.TASK, (task_id,)).fetchone()
+    if row is None:
+        raise TaskNotFound(task_id)
+    return TaskRow(*row)
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _page(rows: Sequence[tuple[int, str]], total: int, has_more: bool, next_seq: int) -> bytes:
+    events = ",".join(row[1] for row in rows)
+    return (
+        f'{{"events":[{events}],"total":{total},"has_more":{_bool(has_more)},"next_seq":{next_seq}}}'
+    ).encode()
+
+
+def events_page(conn: sqlite3.Connection, task_id: str, since_seq: int, limit: int) -> bytes:
+    """Events after `since_seq`, ascending. `next_seq`: the last seq returned, else `since_seq`."""
+    task = task_row(conn, task_id)
+    rows = conn.execute(q.EVENTS_AFTER, (task_id, since_seq, limit + 1)).fetchall()
+    has_more = len(rows) > limit
+    del rows[limit:]
+    return _page(rows, task.event_count, has_more, rows[-1][0] if rows else since_seq)
+
+
+def latest_page(conn: sqlite3.Connection, task_id: str, limit: int) -> bytes:
+    """The newest `limit` events, newest first. `has_more`: older events exist beyond the page.
+
+    `next_seq` is the newest seq of the page (0 if empty): pass it as `since_seq` to `/events` (or
+    the live stream) for what comes after.
+    """
+    task = task_row(conn, task_id)
+    rows = conn.execute(q.EVENTS_NEWEST, (task_id, limit + 1)).fetchall()
+    has_more = len(rows) > limit
+    del rows[limit:]
+    return _page(rows, task.event_count, has_more, rows[0][0] if rows else 0)
+
+
+def phase_page(conn: sqlite3.Connection, task_id: str, phase: str, since_seq: int, limit: int) -> bytes:
+    """Like `events_page` for the events of one phase; `total` counts that phase."""
+    task_row(conn, task_id)
+    rows = conn.execute(q.PHASE_EVENTS_AFTER, (task_id, phase, since_seq, limit + 1)).fetchall()
+    has_more = len(rows) > limit
+    del rows[limit:]
+    total = conn.execute(q.PHASE_COUNT, (task_id, phase)).fetchone()[0]
+    return _page(rows, total, has_more, rows[-1][0] if rows else since_seq)
+
+
+def checkpoints(conn: sqlite3.Connection, task_id: str, since_seq: int, limit: int) -> tuple[bytes, bool]:
+    """Checkpoint events after `since_seq` as a JSON array, and whether more exist after them."""
+    task_row(conn, task_id)
+    rows = conn.execute(q.CHECKPOINTS_AFTER, (task_id, since_seq, limit + 1)).fetchall()
+    has_more = len(rows) > limit
+    del rows[limit:]
+    return ("[" + ",".join(row[1] for row in rows) + "]").encode(), has_more
+
+
+def snapshot(conn: sqlite3.Connection, task_id: str, limit: int) -> bytes:
+    """The last `limit` events ascending, with the state of the whole task (not of the window).
+
+    `current_phase` and `status` come from the task row (the last non-null phase the worker saw), and
+    `active_spans` from the spans table: every span whose latest opening or closing event opened it.
+    """
+    task = task_row(conn, task_id)
+    rows = conn.execute(q.EVENTS_NEWEST, (task_id, limit)).fetchall()
+    events = ",".join(row[1] for row in reversed(rows))
+    spans = ",".join(row[0] for row in conn.execute(q.OPEN_SPANS, (task_id,)))
+    return (
+        f'{{"task_id":{orjson.dumps(task_id).decode()},"events":[{events}],'
+        f'"total_events":{task.event_count},"latest_seq":{task.latest_seq},'
+        f'"current_phase":{orjson.dumps(task.current_phase).decode()},'
+        f'"status":{orjson.dumps(task.status).decode()},"active_spans":[{spans}]}}'
+    ).encode()
+
+
+def graph(conn: sqlite3.Connection, task_id: str, limit: int) -> bytes:
+    """One node per span (the first `limit` by start), and an edge parent -> child where both are nodes."""
+    task_row(conn, task_id)
+    rows = conn.execute(q.GRAPH_NODES, (task_id, limit + 1)).fetchall()
+    truncated = len(rows) > limit
+    del rows[limit:]
+    nodes = {row[0] for row in rows}
+    edges = [
+        {"from": parent, "to": span} for span, parent, _ in rows if parent is not None and parent in nodes
+    ]
+    return (
+        f'{{"task_id":{orjson.dumps(task_id).decode()},"spans":[{",".join(row[2] for row in rows)}],'
+        f'"edges":{orjson.dumps(edges).decode()},"truncated":{_bool(truncated)}}}'
+    ).encode()
+
+
+def tasks_page(
+    conn: sqlite3.Connection, limit: int, status: str | None, after: tuple[str, str] | None
+) -> bytes:
+    """Tasks, most recently active first, after the cursor position `after` (last_at, task_id)."""
+    if after is None:
+        sql, params = (q.TASKS, ()) if status is None else (q.TASKS_BY_STATUS, (status,))
+    elif status is None:
+        sql, params = q.TASKS_BEFORE, after
+    else:
+        sql, params = q.TASKS_BY_STATUS_BEFORE, (status, *after)
+    rows = conn.execute(sql, (*params, limit + 1)).fetchall()
+    has_more = len(rows) > limit
+    del rows[limit:]
+    cursor = orjson.dumps(encode_cursor(rows[-1][0], rows[-1][1])).decode() if has_more else "null"
+    return f'{{"tasks":[{",".join(row[2] for row in rows)}],"next_cursor":{cursor}}}'.encode()
+
+
+def last_commit_at(conn: sqlite3.Connection) -> str | None:
+    """`last_at` of the most recently written task: when the worker last committed."""
+    return conn.execute(q.LAST_COMMIT).fetchone()[0]

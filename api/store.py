@@ -1,0 +1,162 @@
+"""The API's side of the SQLite store: a bounded pool of read-only connections, one read per transaction.
+
+Connections are opened on first need (the API may start before the worker has created the file) and
+kept for the life of the process. Every read runs all its queries inside one `BEGIN … COMMIT`: in WAL
+mode that is one snapshot, so a page and its total agree and a reader never sees seq n+1 of a task
+without seq n (the worker commits whole batches). A read is synchronous and short; callers run it on a
+worker thread and never hold a transaction across an `await`.
+"""
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+from shared.db import open_reader
+from shared.schema import SCHEMA_VERSION
+
+log = logging.getLogger("taskevents.api.store")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_POOL_SIZE = 8
+ACQUIRE_TIMEOUT = 5.0  # seconds a read waits for a free connection before answering 503
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be read now (missing, not initialised, unreadable); the reason is for a person."""
+
+
+@dataclass(slots=True)
+class _Reader:
+    conn: sqlite3.Connection
+    file_id: tuple[int, int]  # (st_dev, st_ino) when opened: a replaced file needs a new connection
+
+
+class ReadStore:
+    """A pool of at most `size` read-only connections to the SQLite file at `path`."""
+
+    def __init__(self, path: Path, size: int = DEFAULT_POOL_SIZE) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self.path = path
+        self.size = size
+        self._idle: queue.LifoQueue[_Reader] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def run(self, read: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs) -> T:
+        """`read(conn, *args)` inside one read transaction; its result is returned.
+
+        Raises StoreUnavailable when the store cannot be read (the connection is then discarded).
+        """
+        with self.transaction() as conn:
+            return read(conn, *args, **kw)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A pooled connection inside `BEGIN … COMMIT`: every query in the block sees one snapshot."""
+        with self._connection() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")  # nothing was written: COMMIT just ends the snapshot
+
+    def check(self) -> int:
+        """The schema version of a readable store; raises StoreUnavailable otherwise (readiness)."""
+        with self._connection() as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # --- the pool --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        if not self._slots.acquire(timeout=ACQUIRE_TIMEOUT):
+            raise StoreUnavailable(f"all {self.size} store connections stayed busy for {ACQUIRE_TIMEOUT:g}s")
+        reader: _Reader | None = None
+        try:
+            reader = self._take()
+            yield reader.conn
+        except sqlite3.DatabaseError as exc:
+            # "no such table", "disk I/O error", a corrupt or deleted file: answer 503, and let the
+            # next read open a fresh connection rather than reuse this one.
+            if reader is not None:
+                self._discard(reader)
+                reader = None
+            raise StoreUnavailable(f"the store could not be read: {exc}") from exc
+        except BaseException:
+            if reader is not None and reader.conn.in_transaction:
+                try:
+                    reader.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._discard(reader)
+                    reader = None
+            raise
+        finally:
+            if reader is not None:
+                self._idle.put(reader)
+            self._slots.release()
+
+    def _take(self) -> _Reader:
+        """An idle connection still pointing at the current file, or a new one."""
+        file_id = self._file_id()
+        while True:
+            try:
+                reader = self._idle.get_nowait()
+            except queue.Empty:
+                return self._open(file_id)
+            if reader.file_id == file_id:
+                return reader
+            self._discard(reader)  # the file was replaced (a new store): drop connections to the old one
+
+    def _file_id(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise StoreUnavailable(f"the store {self.path} does not exist yet ({exc.strerror})") from None
+        return st.st_dev, st.st_ino
+
+    def _open(self, file_id: tuple[int, int]) -> _Reader:
+        try:
+            conn = open_reader(self.path)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the store {self.path} cannot be opened: {exc}") from None
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreUnavailable(f"the store {self.path} cannot be read: {exc}") from None
+        if version != SCHEMA_VERSION:
+            conn.close()
+            if version == 0:
+                raise StoreUnavailable(f"the store {self.path} is not initialised yet (no schema)")
+            raise StoreUnavailable(
+                f"the store {self.path} has schema version {version}; this API reads version {SCHEMA_VERSION}"
+            )
+        return _Reader(conn, file_id)
+
+    @staticmethod
+    def _discard(reader: _Reader) -> None:
+        try:
+            reader.conn.close()
+        except sqlite3.Error:
+            log.debug("closing a discarded store connection failed", exc_info=True)
+
+    def close(self) -> None:
+        """Close the idle connections (at shutdown, after the last request). The pool stays usable."""
+        while True:
+            try:
+                self._discard(self._idle.get_nowait())
+            except queue.Empty:
+                return

@@ -1,0 +1,128 @@
+"""The task endpoints: pages of events, the snapshot, the span graph, checkpoints, the task list.
+
+Endpoints are sync `def`: FastAPI runs each on a worker thread, where the whole read (one
+transaction on a pooled connection) happens, so no transaction is ever held across an `await`.
+Each returns the bytes api/reads.py built; `response_model` only documents them.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from api import reads
+from api.cursor import decode_cursor
+from api.deps import Store
+from api.errors import BadParameter
+from api.models import ERRORS_400, ERRORS_TASK, Event, EventsPage, Graph, Snapshot, TasksPage, TaskStatus
+from shared.event import Phase
+
+MAX_SEQ = 2**63 - 1  # SQLite's largest integer: a bigger since_seq is a 400, not an overflow
+
+TaskId = Annotated[str, Path(description="The task's id.")]
+SinceSeq = Annotated[
+    int,
+    Query(ge=0, le=MAX_SEQ, description="Return events with a greater seq (exclusive); 0: from the start."),
+]
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+
+
+def _json(body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@router.get("", response_model=TasksPage, responses=ERRORS_400 | {503: ERRORS_TASK[503]})
+def list_tasks(
+    store: Store,
+    limit: Annotated[int, Query(ge=1, le=500, description="Tasks per page.")] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=1024, description="`next_cursor` of the previous page.")
+    ] = None,
+    status: Annotated[TaskStatus | None, Query(description="Only tasks with this status.")] = None,
+) -> Response:
+    """The tasks, most recently active first (by the time of their last stored event), with a cursor."""
+    after = None
+    if cursor is not None:
+        try:
+            after = decode_cursor(cursor)
+        except ValueError as exc:
+            raise BadParameter("cursor", str(exc)) from None
+    return _json(store.run(reads.tasks_page, limit, status, after))
+
+
+@router.get("/{task_id}/events", response_model=EventsPage, responses=ERRORS_TASK)
+def events(
+    store: Store,
+    task_id: TaskId,
+    since_seq: SinceSeq = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most events to return.")] = 100,
+) -> Response:
+    """Events after `since_seq`, ascending by seq. Walk a task by passing `next_seq` back as `since_seq`
+    until `has_more` is false; `total` is the number of events of the task, in the same snapshot."""
+    return _json(store.run(reads.events_page, task_id, since_seq, limit))
+
+
+@router.get("/{task_id}/events/latest", response_model=EventsPage, responses=ERRORS_TASK)
+def latest_events(
+    store: Store,
+    task_id: TaskId,
+    limit: Annotated[int, Query(ge=1, le=500, description="Most events to return.")] = 50,
+) -> Response:
+    """The newest events, newest first. `has_more`: older events exist beyond this page. `next_seq`: the
+    newest seq of the page (0 if empty), to pass as `since_seq` to `/events` for what follows."""
+    return _json(store.run(reads.latest_page, task_id, limit))
+
+
+@router.get("/{task_id}/events/snapshot", response_model=Snapshot, responses=ERRORS_TASK)
+def snapshot(
+    store: Store,
+    task_id: TaskId,
+    limit: Annotated[int, Query(ge=1, le=500, description="Events in the window.")] = 100,
+) -> Response:
+    """The last `limit` events (ascending) and the state of the whole task: `current_phase` (the last
+    phase any event had), `status`, and `active_spans` (every open span, opened inside the window or
+    before it). Render it, then follow the task from `latest_seq`."""
+    return _json(store.run(reads.snapshot, task_id, limit))
+
+
+@router.get("/{task_id}/events/phase/{phase}", response_model=EventsPage, responses=ERRORS_TASK)
+def phase_events(
+    store: Store,
+    task_id: TaskId,
+    phase: Annotated[Phase, Path(description="planning, executing, verifying or recovery.")],
+    since_seq: SinceSeq = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most events to return.")] = 100,
+) -> Response:
+    """Like `/events`, for the events of one phase; `total` counts that phase's events."""
+    return _json(store.run(reads.phase_page, task_id, phase, since_seq, limit))
+
+
+@router.get(
+    "/{task_id}/checkpoints",
+    response_model=list[Event],
+    responses=ERRORS_TASK
+    | {200: {"headers": {"X-Has-More": {"description": "`true` if more checkpoints follow this page."}}}},
+)
+def checkpoints(
+    store: Store,
+    task_id: TaskId,
+    since_seq: SinceSeq = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most checkpoint events to return.")] = 100,
+) -> Response:
+    """`checkpoint_commit`, `checkpoint_verified` and `checkpoint_invalid` events in seq order, with their
+    payload (checkpoint_id, checkpoint_type, evidence_refs, …). A JSON array; the header `X-Has-More`
+    says whether more follow (pass the last seq as `since_seq`)."""
+    body, has_more = store.run(reads.checkpoints, task_id, since_seq, limit)
+    return _json(body, {"X-Has-More": "true" if has_more else "false"})
+
+
+@router.get("/{task_id}/graph", response_model=Graph, responses=ERRORS_TASK)
+def graph(
+    store: Store,
+    task_id: TaskId,
+    limit: Annotated[int, Query(ge=1, le=50_000, description="Most spans to return.")] = 10_000,
+) -> Response:
+    """The span tree: one node per span (its first event, its state and extent), in the order spans
+    started, and an edge parent -> child wherever both are nodes. `truncated` if the task has more than
+    `limit` spans (the earliest are returned, so every edge still joins two nodes)."""
+    return _json(store.run(reads.graph, task_id, limit))

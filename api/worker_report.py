@@ -1,0 +1,74 @@
+"""What the worker has left in Redis for others to read: queue depth, counters, heartbeat.
+
+Read by the readiness check and by the /metrics collector, in one pipelined round trip. The API's
+Redis client has short timeouts and no retries: a Redis that is down makes a check answer "Redis
+unreachable" within a second, it never hangs a request.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from shared.keys import QueueKeys
+from shared.settings import Settings
+
+REDIS_TIMEOUT = 0.5  # seconds, for connecting and for each reply
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """The API's Redis client (connects lazily: building it does no I/O)."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReport:
+    depth: int
+    in_flight: int
+    dead_letters: int
+    heartbeat: dict[str, Any] | None  # None: no heartbeat within its TTL, no worker running
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def heartbeat_age(self) -> float | None:
+        """Seconds since the worker's last heartbeat (by this host's clock against the worker's)."""
+        at = (self.heartbeat or {}).get("at")
+        return max(0.0, time.time() - at) if isinstance(at, int | float) else None
+
+
+def read_worker_report(client: redis.Redis, keys: QueueKeys) -> WorkerReport:
+    """One round trip; raises redis.RedisError when Redis cannot be reached."""
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(keys.queue)
+    for key in keys.processing_keys:
+        pipe.llen(key)
+    pipe.llen(keys.dead)
+    pipe.get(keys.heartbeat)
+    pipe.hgetall(keys.stats)
+    depth, *rest = pipe.execute()
+    in_flight = rest[: len(keys.processing_keys)]
+    dead, beat, stats = rest[len(keys.processing_keys) :]
+    heartbeat = None
+    if beat is not None:
+        try:
+            heartbeat = orjson.loads(beat)
+        except orjson.JSONDecodeError:
+            heartbeat = None
+        if not isinstance(heartbeat, dict):
+            heartbeat = None
+    counters = {}
+    for name, value in stats.items():
+        try:
+            counters[name.decode()] = int(value)
+        except (UnicodeDecodeError, ValueError):
+            continue  # not a counter of ours
+    return WorkerReport(int(depth), sum(int(n) for n in in_flight), int(dead), heartbeat, counters)
