@@ -50,6 +50,8 @@ class ReadStore:
         self.size = size
         self._idle: queue.LifoQueue[_Reader] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self.opened = 0  # connections opened so far: stays at most `size` while the file stays the same
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -144,6 +146,8 @@ class ReadStore:
             raise StoreUnavailable(
                 f"the store {self.path} has schema version {version}; this API reads version {SCHEMA_VERSION}"
             )
+        with self._lock:
+            self.opened += 1
         return _Reader(conn, file_id)
 
     @staticmethod

@@ -4,12 +4,16 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
 from ingest.localredis import RedisServer, find_redis_server
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _queue_names = itertools.count(1)
@@ -55,3 +59,12 @@ def client(settings: Settings) -> Iterator[redis.Redis]:
     c = redis.Redis.from_url(settings.redis_url)
     yield c
     c.close()
+
+
+@pytest.fixture
+def api_http(settings: Settings) -> Iterator["TestClient"]:
+    """The read API over the test's store, in process, through HTTP (tests/api_helpers.py)."""
+    from tests.api_helpers import api_client
+
+    with api_client(settings) as client:
+        yield client
