@@ -81,3 +81,21 @@ def test_compose_redis_runs_with_the_safe_configuration(services: dict[str, Any]
     assert {name: configured.get(name) for name in safe} == safe
     assert "redis-cli ping" in " ".join(healthcheck_argv(redis["healthcheck"]["test"]))
     assert any(str(volume).endswith(":/data") for volume in redis["volumes"])
+
+
+def test_procfile_has_the_api() -> None:
+    assert procfile()["api"] == ["taskevents", "api"]
+
+
+def test_the_api_reads_the_workers_store_and_is_health_checked(services: dict[str, Any]) -> None:
+    api, worker = services["api"], services["worker"]
+    assert api["environment"]["TASKEVENTS_DB"] == worker["environment"]["TASKEVENTS_DB"]
+    assert api["environment"]["TASKEVENTS_REDIS_URL"] == worker["environment"]["TASKEVENTS_REDIS_URL"]
+    assert api["environment"]["TASKEVENTS_API_HOST"] == "0.0.0.0"  # reachable through the published port
+    # The same volume, not mounted read-only: a WAL reader must update -shm (SQLite opens it mode=ro).
+    assert [v for v in api["volumes"] if str(v).endswith(":/data")] == [
+        v for v in worker["volumes"] if str(v).endswith(":/data")
+    ]
+    assert not any(str(v).endswith(":ro") for v in api["volumes"])
+    assert "8000:8000" in [str(p) for p in api["ports"]]
+    assert "http://127.0.0.1:8000/api/ready" in " ".join(healthcheck_argv(api["healthcheck"]["test"]))

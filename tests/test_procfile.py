@@ -5,12 +5,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import yaml
 
 from ingest import Emitter
 from ingest.localredis import RedisServer, answers, free_port
 from tests.helpers import rows, wait_for
+from tests.test_deploy_files import healthcheck_argv
 
 pytestmark = pytest.mark.redis_server
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,14 +28,17 @@ def env(tmp_path: Path, url: str) -> dict[str, str]:
         "TASKEVENTS_REDIS_URL": url,
         "TASKEVENTS_DB": str(tmp_path / "events.db"),
         "TASKEVENTS_REDIS_DIR": str(tmp_path / "local-redis"),
+        "TASKEVENTS_API_PORT": str(free_port()),  # not 8000: the machine may be using it
     }
 
 
-def test_the_procfile_brings_up_redis_and_the_worker(tmp_path: Path) -> None:
+def test_the_procfile_brings_up_redis_the_worker_and_the_api(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
+    environment = env(tmp_path, url)
+    api = f"http://127.0.0.1:{environment['TASKEVENTS_API_PORT']}"
     honcho = subprocess.Popen(
         [str(BIN / "honcho"), "start", "-f", str(ROOT / "Procfile")],
-        env=env(tmp_path, url),
+        env=environment,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -45,10 +52,29 @@ def test_the_procfile_brings_up_redis_and_the_worker(tmp_path: Path) -> None:
         db = tmp_path / "events.db"
         wait_for(lambda: db.exists() and rows(db, "SELECT count(*) FROM task_events")[0][0] == 1, timeout=30)
         assert (tmp_path / "local-redis").is_dir()  # the bundled Redis keeps its append-only file there
+        wait_for(lambda: api_answers(f"{api}/api/ready"), timeout=30)
+        body = httpx.get(f"{api}/api/tasks/procfile/events", timeout=5).json()
+        assert [e["event_type"] for e in body["events"]] == ["runner_spawn"]
+        # docker-compose.yml's health check of the API, pointed at this one.
+        check = healthcheck_argv(compose_services()["api"]["healthcheck"]["test"])
+        check = [arg.replace("127.0.0.1:8000", api.removeprefix("http://")) for arg in check]
+        assert check[0] == "python"
+        assert subprocess.run([sys.executable, *check[1:]], timeout=30).returncode == 0
     finally:
         os.killpg(honcho.pid, signal.SIGTERM)
         honcho.wait(30)
     assert not answers(url)
+
+
+def api_answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def compose_services() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 
 
 def test_an_existing_redis_is_used_not_replaced(tmp_path: Path, own_redis_server: RedisServer) -> None:
