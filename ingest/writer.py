@@ -4,6 +4,8 @@ The worker is the store's only writer, so the seq it assigns cannot race with an
 batch changes (events, task and span summaries, the batch id) commits in one transaction.
 """
 
+import functools
+import itertools
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -55,16 +57,22 @@ class _SpanChange:
     end_seq: int | None = None
 
 
-# The whole batch is bound as one JSON array and inserted by one statement: SQLite then works in C
-# for the whole batch without taking the GIL back per row (executemany would), so the worker's next
-# batch is validated on the other core meanwhile.
-_INSERT_EVENTS = """
-INSERT INTO task_events (task_id, seq, event_type, phase, actor, span_id, parent_span_id,
-                         payload, created_at, event_uid, emitted_at)
-SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
-       value ->> 7, value ->> 8, value ->> 9, value ->> 10
-FROM json_each(?)
-"""
+# Rows go in as multi-row INSERTs of up to _ROWS_PER_INSERT rows: one statement step per chunk, so
+# SQLite works in C, without taking the GIL back per row (executemany would), while the worker's next
+# batch is validated on the other core. Fixed chunk sizes keep the statements in the sqlite3 cache.
+_EVENT_COLUMNS = ", ".join(
+    ("task_id", "seq", "event_type", "phase", "actor", "span_id", "parent_span_id")
+    + ("payload", "created_at", "event_uid", "emitted_at")
+)
+_ROWS_PER_INSERT = 500  # 11 parameters a row: well under SQLite's 32,766 bound parameters
+
+
+@functools.cache
+def _insert_events_sql(rows: int) -> str:
+    values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * rows)
+    return f"INSERT INTO task_events ({_EVENT_COLUMNS}) VALUES {values}"
+
+
 _INSERT_TASK = """
 INSERT INTO tasks (task_id, latest_seq, event_count, first_at, last_at, current_phase, status)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -74,17 +82,29 @@ UPDATE tasks SET latest_seq = ?, event_count = event_count + ?, last_at = ?,
                  current_phase = coalesce(?, current_phase), status = coalesce(?, status)
 WHERE task_id = ?
 """
-_UPSERT_SPAN = """
-INSERT INTO spans (task_id, span_id, parent_span_id, event_type, phase, first_seq, last_seq,
-                   event_count, state, started_at, end_seq, ended_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+_SPAN_COLUMNS = ", ".join(
+    ("task_id", "span_id", "parent_span_id", "event_type", "phase", "first_seq", "last_seq")
+    + ("event_count", "state", "started_at", "end_seq", "ended_at")
+)
+_ROWS_PER_UPSERT = 500
+
+
+@functools.cache
+def _upsert_spans_sql(rows: int, state_changed: bool) -> str:
+    """Spans whose state this batch changed take the new state; the others keep theirs."""
+    values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * rows)
+    state = (
+        "state = excluded.state, end_seq = excluded.end_seq, ended_at = excluded.ended_at"
+        if state_changed
+        else "state = spans.state"
+    )
+    return f"""
+INSERT INTO spans ({_SPAN_COLUMNS}) VALUES {values}
 ON CONFLICT (task_id, span_id) DO UPDATE SET
     parent_span_id = coalesce(spans.parent_span_id, excluded.parent_span_id),
     last_seq = excluded.last_seq,
     event_count = spans.event_count + excluded.event_count,
-    state = CASE WHEN ?13 THEN excluded.state ELSE spans.state END,
-    end_seq = CASE WHEN ?13 THEN excluded.end_seq ELSE spans.end_seq END,
-    ended_at = CASE WHEN ?13 THEN excluded.ended_at ELSE spans.ended_at END
+    {state}
 """
 
 
@@ -122,8 +142,9 @@ class StoreWriter:
             result.duplicates = len(batch) - len(fresh)
             latest = self._load_latest({d.event.task_id for d in fresh})
             rows, task_changes, span_changes = self._plan(fresh, latest, created_at)
-            if rows:
-                conn.execute(_INSERT_EVENTS, (orjson.dumps(rows),))
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                conn.execute(_insert_events_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
             self._write_tasks(task_changes, created_at)
             self._write_spans(span_changes.values(), created_at)
             conn.execute("UPDATE ingest_state SET last_batch_id = ?", (batch_id,))
@@ -255,24 +276,15 @@ class StoreWriter:
             self._conn.executemany(_UPDATE_TASK, old)
 
     def _write_spans(self, changes: Iterable[_SpanChange], at: str) -> None:
-        self._conn.executemany(
-            _UPSERT_SPAN,
-            [
-                (
-                    s.task_id,
-                    s.span_id,
-                    s.parent_span_id,
-                    s.event_type,
-                    s.phase,
-                    s.first_seq,
-                    s.last_seq,
-                    s.count,
-                    s.state,
-                    at,
-                    s.end_seq,
-                    at if s.end_seq is not None else None,
-                    s.state_changed,
-                )
-                for s in changes
-            ],
-        )
+        groups: dict[bool, list[tuple[object, ...]]] = {True: [], False: []}
+        for s in changes:
+            ended_at = at if s.end_seq is not None else None
+            groups[s.state_changed].append(
+                (s.task_id, s.span_id, s.parent_span_id, s.event_type, s.phase, s.first_seq, s.last_seq)
+                + (s.count, s.state, at, s.end_seq, ended_at)
+            )
+        for state_changed, rows in groups.items():
+            for start in range(0, len(rows), _ROWS_PER_UPSERT):
+                chunk = rows[start : start + _ROWS_PER_UPSERT]
+                sql = _upsert_spans_sql(len(chunk), state_changed)
+                self._conn.execute(sql, list(itertools.chain.from_iterable(chunk)))

@@ -14,7 +14,9 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://localhost:6379/0", description="Redis holding the queue.")
     db: Path = Field(Path("taskevents.db"), description="SQLite file of the store.")
     queue: str = Field("taskevents:events", min_length=1, description="Redis list the producers push to.")
-    batch_size: int = Field(1000, ge=1, le=5000, description="Most events the worker commits at once.")
+    batch_size: int = Field(
+        5000, ge=1, le=20_000, description="Most events the worker commits in one transaction."
+    )
     max_payload_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest payload accepted, as serialized JSON bytes."
     )
