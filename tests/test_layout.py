@@ -34,6 +34,7 @@ def test_importing_starts_nothing_and_reads_no_environment() -> None:
         "    def get(self, k, d=None): read.append(k); return super().get(k, d)\n"
         "os.environ = Env(os.environ)\n"
         "import shared, shared.settings, shared.event, shared.db, ingest, ingest.worker\n"
+        "import api, api.app, api.cli\n"
         "assert threading.active_count() == before, 'a thread was started'\n"
         "assert not [k for k in read if k.startswith('TASKEVENTS')], read\n"
     )
