@@ -93,6 +93,7 @@ class ReadStore:
         except sqlite3.DatabaseError as exc:
             # "no such table", "disk I/O error", a corrupt or deleted file: answer 503, and let the
             # next read open a fresh connection rather than reuse this one.
+            log.warning("store read failed, connection discarded: %s", exc)
             if reader is not None:
                 self._discard(reader)
                 reader = None
