@@ -28,3 +28,24 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds the worker heartbeat lives; `ingest --check` fails after it."
     )
     log_level: str = Field("INFO", description="Python logging level name.")
+    # The live stream (api/live.py, api/stream.py).
+    stream_buffer: int = Field(
+        1000, ge=1, description="Events a live client may have queued; past it, it catches up from the store."
+    )
+    stream_ping: float = Field(
+        15.0, gt=0, description="Seconds between keep-alive comments on an SSE stream."
+    )
+    stream_retry_ms: int = Field(
+        2000, ge=0, description="The `retry:` sent to SSE clients (reconnect delay, ms)."
+    )
+    stream_send_timeout: float = Field(
+        30.0, gt=0, description="Seconds a send may block before a client that stopped reading is dropped."
+    )
+    stream_idle: float = Field(
+        600.0, gt=0, description="Seconds a stream waits for the first event of a task not seen yet."
+    )
+    stream_poll: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds without a notification after which streamed tasks are checked in the store.",
+    )
