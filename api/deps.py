@@ -17,6 +17,10 @@ async def _store(request: Request) -> ReadStore:
     return request.app.state.store
 
 
+async def _loop_store(request: Request) -> ReadStore:
+    return request.app.state.loop_store
+
+
 async def _redis(request: Request) -> redis.Redis:
     return request.app.state.redis
 
@@ -25,6 +29,8 @@ async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+# For reads on a worker thread (the pool) and for short reads inline on the event loop.
 Store = Annotated[ReadStore, Depends(_store)]
+LoopStore = Annotated[ReadStore, Depends(_loop_store)]
 RedisClient = Annotated[redis.Redis, Depends(_redis)]
 AppSettings = Annotated[Settings, Depends(_settings)]

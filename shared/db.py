@@ -7,6 +7,7 @@ from urllib.parse import quote
 from shared.schema import migrate
 
 BUSY_TIMEOUT_MS = 5000
+READER_MMAP_BYTES = 1 << 30  # address space, not memory: pages come from the OS page cache
 
 
 def open_writer(path: Path) -> sqlite3.Connection:
@@ -34,4 +35,8 @@ def open_reader(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA query_only = 1")
+    # Read pages straight from the OS page cache (shared by every connection of every API process)
+    # instead of a read() into each connection's small private cache: a task's events are spread over
+    # the file, so a graph of 5,000 spans touches ~5,000 pages (first-event lookups 11 ms -> 5 ms).
+    conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
     return conn

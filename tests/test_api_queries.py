@@ -20,9 +20,11 @@ PLANS = {
     "CHECKPOINTS_AFTER": ["SEARCH task_events USING INDEX idx_task_events_checkpoints (task_id=? AND seq>?)"],
     "OPEN_SPANS": ["SEARCH s USING INDEX idx_spans_open (task_id=?)"],
     "GRAPH_NODES": [
-        "SEARCH s USING PRIMARY KEY (task_id=?)",
+        "MATERIALIZE s",
+        "SEARCH spans USING PRIMARY KEY (task_id=?)",
+        "USE TEMP B-TREE FOR ORDER BY",  # the spans of one task, sorted by first_seq before the join
+        "SCAN s",
         "SEARCH e USING INDEX idx_task_events_task_seq (task_id=? AND seq=?)",
-        "USE TEMP B-TREE FOR ORDER BY",  # the spans of one task, sorted by first_seq
     ],
     "TASKS": ["SCAN tasks USING INDEX idx_tasks_last_at"],  # backwards, stopping at LIMIT: no sort
     "TASKS_BY_STATUS": ["SCAN tasks USING INDEX idx_tasks_last_at"],
