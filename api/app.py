@@ -3,6 +3,7 @@
 State on `app.state`, for every router (the live stream's too):
 - `settings`: the process's Settings;
 - `store`: the ReadStore, the pool of read-only connections (`store.run(read, *args)` on a thread);
+- `loop_store`: one read-only connection for reads made inline on the event loop;
 - `redis`: a Redis client with short timeouts (for checks; it never blocks a request for long);
 - `registry`: the Prometheus registry served at /metrics.
 """
@@ -56,6 +57,9 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = ReadStore(settings.db, size=pool_size)
+    # The event loop's own connection, for the short reads endpoints make inline (api/tasks.py): the
+    # loop runs one read at a time, so it never waits for a connection the pool's threads hold.
+    app.state.loop_store = ReadStore(settings.db, size=1)
     app.state.redis = redis_client(settings)
     app.state.registry = CollectorRegistry(auto_describe=False)
     app.state.registry.register(WorkerCollector(app.state.redis, QueueKeys(settings.queue), app.state.store))
@@ -89,6 +93,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         store.close()
+        app.state.loop_store.close()
         app.state.redis.close()
 
 
