@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from shared.settings import Settings
-from tests.stream_helpers import FrameParser, event_seqs, live, read_frames
+from tests.stream_helpers import ApiServer, FrameParser, event_seqs, live, read_frames
 
 pytestmark = pytest.mark.redis_server
 
@@ -149,3 +149,13 @@ def test_a_resume_point_beyond_the_latest_seq_waits_for_that_seq(settings: Setti
         lv.flush()
         reader.join(20)
         assert got == [16, 17, 18, 19, 20]
+
+
+def test_a_stream_before_the_store_exists_is_a_503(settings: Settings) -> None:
+    api = ApiServer(settings).start()  # no worker: the store file does not exist yet
+    try:
+        response = httpx.get(f"{api.url}/sse/tasks/t/events", timeout=10)
+    finally:
+        api.stop()
+    assert response.status_code == 503
+    assert response.json()["code"] == "store_unavailable"

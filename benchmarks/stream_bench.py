@@ -1,0 +1,349 @@
+"""Live-stream benchmark: latency from `emit()` to an SSE client, with many tasks and clients at once.
+
+Runs the whole system as deployed, each part in its own process, on a private redis-server (never
+the one on port 6379): the ingest worker (`python -m ingest`), ONE API process (`python -m api`),
+a producer process that emits `--rate` events/s in total round-robin over `--tasks` tasks, and
+`--clients` SSE clients (spread evenly over the tasks, connected before the first event) in this
+process, reading raw HTTP with asyncio so that the clients cost little CPU.
+
+Each event's payload carries `t`, the producer's `time.time()` just before `emit()`; a client takes
+`time.time()` when the event's frame arrives. Latency = arrival - t, over the events emitted after
+`--warmup` seconds. At the end every task gets a `runner_exit`; each client must then have received
+every seq 1..last exactly once (missed and duplicated deliveries are counted). The API process's CPU
+(psutil: user + system time over the measured window, in % of one core) is the cost of the fan-out:
+notifications, one store read per commit, frames to every client.
+
+Prints a markdown table with the issue's targets (median <= 20 ms, p99 <= 100 ms, nothing missed) and
+writes every figure to benchmarks/results/stream.json.
+"""
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psutil
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from ingest.localredis import RedisServer  # noqa: E402
+from shared.keys import QueueKeys  # noqa: E402
+
+TARGETS = {"median_ms": 20.0, "p99_ms": 100.0, "missed": 0}
+QUEUE = "bench:events"
+
+
+@dataclass
+class Config:
+    tasks: int = 100
+    rate: int = 5000
+    clients: int = 200
+    seconds: float = 20.0
+    warmup: float = 3.0
+    output: Path = HERE / "results" / "stream.json"
+
+
+def parse_args() -> Config:
+    parser = argparse.ArgumentParser(
+        prog="stream_bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    d = Config()
+    parser.add_argument("--tasks", type=int, default=d.tasks, help="tasks emitting (default %(default)s)")
+    parser.add_argument("--rate", type=int, default=d.rate, help="events/s in total (default %(default)s)")
+    parser.add_argument("--clients", type=int, default=d.clients, help="SSE clients (default %(default)s)")
+    parser.add_argument(
+        "--seconds", type=float, default=d.seconds, help="emitting time (default %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=d.warmup, help="seconds not measured (default %(default)s)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a few seconds, small: checks that the script runs"
+    )
+    parser.add_argument("--output", type=Path, default=d.output, help="JSON results (default %(default)s)")
+    parser.add_argument("--producer", action="store_true", help=argparse.SUPPRESS)  # internal: the emitter
+    args = parser.parse_args()
+    if args.producer:
+        produce(args.tasks, args.rate, args.seconds)
+        sys.exit(0)
+    if args.quick:
+        return Config(tasks=10, rate=500, clients=20, seconds=3.0, warmup=1.0, output=args.output)
+    return Config(args.tasks, args.rate, args.clients, args.seconds, args.warmup, args.output)
+
+
+# --- the producer (its own process) ---------------------------------------------------------------
+
+
+def produce(tasks: int, rate: int, seconds: float) -> None:
+    """Emit `rate` events/s round-robin over the tasks for `seconds`, then a runner_exit per task."""
+    from ingest.emitter import Emitter  # the producer's import only
+
+    emitter = Emitter(os.environ["TASKEVENTS_REDIS_URL"], queue=QUEUE)
+    task_ids = [f"task-{i:03d}" for i in range(tasks)]
+    explanation = "Progress estimate is based on the number of files processed so far."
+    tick = 0.005  # emit in small bursts, 200 a second, like many runners would
+    per_tick = rate * tick
+    started = time.perf_counter()
+    sent = owed = 0.0
+    n = 0
+    while (elapsed := time.perf_counter() - started) < seconds:
+        owed = rate * elapsed - sent
+        for _ in range(int(owed)):
+            task_id = task_ids[n % tasks]
+            payload = {"t": time.time(), "n": n, "progress": (n % 100) / 100, "explanation": explanation}
+            emitter.emit(task_id, "work_item_progress", span_id=f"{task_id}/wi", actor="worker",
+                         phase="executing", payload=payload)  # fmt: skip
+            n += 1
+            sent += 1
+        time.sleep(max(0.0, tick - (time.perf_counter() - started - elapsed)) if per_tick else tick)
+    for task_id in task_ids:
+        emitter.emit(
+            task_id, "runner_exit", span_id=f"{task_id}/runner", actor="runner", payload={"t": time.time()}
+        )
+    emitter.close(30)
+    print(n, flush=True)
+
+
+# --- the clients (this process) -------------------------------------------------------------------
+
+
+@dataclass
+class ClientStats:
+    task_id: str
+    seqs_ok: int = 0
+    missed: int = 0
+    duplicates: int = 0
+    last_seq: int = 0
+    end_seq: int | None = None
+    latencies: list[float] = field(default_factory=list)
+    connected: bool = False
+
+
+async def sse_client(port: int, stats: ClientStats, measure_from: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = (
+        f"GET /sse/tasks/{stats.task_id}/events HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    writer.write(request.encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    stats.connected = True
+    buf = b""
+    try:
+        while True:
+            size = int((await reader.readline()).strip(), 16)  # chunked transfer encoding
+            if size == 0:
+                return
+            buf += (await reader.readexactly(size + 2))[:-2]
+            *frames, buf = buf.split(b"\n\n")
+            now = time.time()
+            for frame in frames:
+                if frame.startswith(b"id: "):
+                    event = orjson.loads(frame[frame.index(b"\ndata: ") + 7 :])
+                    seq = event["seq"]
+                    if seq == stats.last_seq + 1:
+                        stats.seqs_ok += 1
+                        stats.last_seq = seq
+                    elif seq <= stats.last_seq:
+                        stats.duplicates += 1
+                    else:
+                        stats.missed += seq - stats.last_seq - 1
+                        stats.seqs_ok += 1
+                        stats.last_seq = seq
+                    t = event["payload"].get("t")
+                    if t is not None and t >= measure_from[0] and event["event_type"] != "runner_exit":
+                        stats.latencies.append(now - t)
+                elif frame.startswith(b"event: end"):
+                    stats.end_seq = orjson.loads(frame[frame.index(b"\ndata: ") + 7 :])["last_seq"]
+                    return
+    finally:
+        writer.close()
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+async def run_clients(
+    cfg: Config,
+    port: int,
+    env: dict[str, str],
+    api: psutil.Process,
+    worker: psutil.Process,
+    client: redis.Redis,
+) -> dict[str, Any]:
+    task_ids = [f"task-{i:03d}" for i in range(cfg.tasks)]
+    stats = [ClientStats(task_ids[i % cfg.tasks]) for i in range(cfg.clients)]
+    measure_from = [float("inf")]
+    clients = [asyncio.create_task(sse_client(port, s, measure_from)) for s in stats]
+    while not all(s.connected for s in stats):
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+
+    producer = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).resolve()), "--producer", "--tasks", str(cfg.tasks),
+        "--rate", str(cfg.rate), "--seconds", str(cfg.seconds), env=env, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    started = time.time()
+    await asyncio.sleep(cfg.warmup)
+    measure_from[0] = time.time()
+    window_start = time.monotonic()
+    api_cpu0, worker_cpu0 = cpu_seconds(api), cpu_seconds(worker)
+    batches0 = int(client.hget(QueueKeys(QUEUE).stats, "batches") or 0)
+    ingested0 = int(client.hget(QueueKeys(QUEUE).stats, "ingested") or 0)
+    await asyncio.sleep(max(0.5, cfg.seconds - cfg.warmup - 0.2))
+    window = time.monotonic() - window_start
+    api_cpu = (cpu_seconds(api) - api_cpu0) / window * 100
+    worker_cpu = (cpu_seconds(worker) - worker_cpu0) / window * 100
+    batches = int(client.hget(QueueKeys(QUEUE).stats, "batches") or 0) - batches0
+    ingested = int(client.hget(QueueKeys(QUEUE).stats, "ingested") or 0) - ingested0
+
+    out, _ = await producer.communicate()
+    emitted = int(out.decode().strip() or 0)
+    await asyncio.wait_for(asyncio.gather(*clients), timeout=120)
+    emitting = time.time() - started
+
+    latencies = sorted(x * 1000 for s in stats for x in s.latencies)
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    deliveries_expected = sum(s.end_seq or 0 for s in stats)
+    missed = sum(s.missed + ((s.end_seq or 0) - s.last_seq if s.end_seq else 1) for s in stats)
+    return {
+        "emitted": emitted + cfg.tasks,
+        "emit_seconds": round(emitting, 2),
+        "deliveries_expected": deliveries_expected,
+        "deliveries_received": sum(s.seqs_ok for s in stats),
+        "missed": missed,
+        "duplicates": sum(s.duplicates for s in stats),
+        "clients_ended": sum(s.end_seq is not None for s in stats),
+        "latency_ms": {
+            "samples": len(latencies),
+            "median": round(statistics.median(latencies), 2),
+            "p90": round(q[89], 2),
+            "p99": round(q[98], 2),
+            "max": round(latencies[-1], 2),
+            "mean": round(statistics.fmean(latencies), 2),
+        },
+        "api_cpu_percent": round(api_cpu, 1),
+        "worker_cpu_percent": round(worker_cpu, 1),
+        "measured_seconds": round(window, 2),
+        "worker_batches_in_window": batches,
+        "events_per_batch": round(ingested / batches, 1) if batches else None,
+    }
+
+
+def run(cfg: Config, tmp: Path) -> dict[str, Any]:
+    server = RedisServer(tmp / "redis").start()
+    port = free_port()
+    env = dict(os.environ, TASKEVENTS_REDIS_URL=server.url, TASKEVENTS_DB=str(tmp / "events.db"),
+               TASKEVENTS_QUEUE=QUEUE, TASKEVENTS_LOG_LEVEL="WARNING")  # fmt: skip
+    worker = subprocess.Popen([sys.executable, "-m", "ingest"], env=env, cwd=ROOT)
+    api = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port)], env=env, cwd=ROOT)
+    client = redis.Redis.from_url(server.url)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if (tmp / "events.db").exists() and httpx.get(
+                    f"http://127.0.0.1:{port}/api/events/health"
+                ).is_success:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API or the worker did not start")
+            time.sleep(0.1)
+        measured = asyncio.run(
+            run_clients(cfg, port, env, psutil.Process(api.pid), psutil.Process(worker.pid), client)
+        )
+        environment = {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "redis_server": client.info("server")["redis_version"],
+            "load_average_at_start": os.getloadavg(),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    finally:
+        client.close()
+        for proc in (api, worker):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (api, worker):
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        server.stop()
+    config = {**asdict(cfg), "output": str(cfg.output)}
+    return {"config": config, "targets": TARGETS, "environment": environment, **measured}
+
+
+def table(results: dict[str, Any]) -> str:
+    c, lat = results["config"], results["latency_ms"]
+
+    def met(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    rows = [
+        "| measurement | measured | target | met |",
+        "|---|---|---|---|",
+        f"| latency emit() -> SSE client, median | {lat['median']} ms | <= 20 ms "
+        f"| {met(lat['median'] <= 20)} |",
+        f"| latency, p99 | {lat['p99']} ms | <= 100 ms | {met(lat['p99'] <= 100)} |",
+        f"| latency, p90 / max | {lat['p90']} / {lat['max']} ms | | |",
+        f"| events missed / duplicated | {results['missed']} / {results['duplicates']} | 0 | "
+        f"{met(results['missed'] == 0 and results['duplicates'] == 0)} |",
+        f"| deliveries (events x clients of their task) | {results['deliveries_received']} of "
+        f"{results['deliveries_expected']} | all "
+        f"| {met(results['deliveries_received'] == results['deliveries_expected'])} |",
+        f"| API process CPU (fan-out, one process) | {results['api_cpu_percent']} % of a core | | |",
+        f"| worker CPU / events per committed batch | {results['worker_cpu_percent']} % / "
+        f"{results['events_per_batch']} | | |",
+    ]
+    head = (
+        f"{c['tasks']} tasks emitting {c['rate']} events/s in total for {c['seconds']} s, {c['clients']} SSE "
+        f"clients; {results['latency_ms']['samples']} latency samples after a {c['warmup']} s warm-up."
+    )
+    return head + "\n\n" + "\n".join(rows)
+
+
+def main() -> None:
+    cfg = parse_args()
+    with tempfile.TemporaryDirectory(prefix="stream-bench-") as tmp:
+        results = run(cfg, Path(tmp))
+    cfg.output.parent.mkdir(parents=True, exist_ok=True)
+    cfg.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print(table(results))
+    print(f"\nJSON: {cfg.output}")
+
+
+if __name__ == "__main__":
+    main()
