@@ -22,8 +22,11 @@ _CLAIM = """
 local want = tonumber(ARGV[1]) - redis.call('LLEN', KEYS[2])
 if want > 0 then
   local items = redis.call('LRANGE', KEYS[1], 0, want - 1)
+  -- unpack() is bounded by Lua's stack (~8,000 values): push in slices
+  for i = 1, #items, 1000 do
+    redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
+  end
   if #items > 0 then
-    redis.call('RPUSH', KEYS[2], unpack(items))
     redis.call('LTRIM', KEYS[1], #items, -1)
   end
 end

@@ -47,6 +47,19 @@ def test_seq_continues_across_batches_and_restarts(settings: Settings, client: r
     assert seqs_by_task(settings.db) == {"t1": list(range(1, 26))}
 
 
+def test_the_largest_batch_is_claimed_and_stored_whole(settings: Settings, client: redis.Redis) -> None:
+    # Past ~8,000 elements a single Lua unpack() fails: the claim script pushes in slices.
+    biggest = settings.model_copy(update={"batch_size": 20_000})  # TASKEVENTS_BATCH_SIZE's maximum
+    client.rpush(settings.queue, *[event(f"t{i % 2}") for i in range(biggest.batch_size + 5)])
+    worker = Worker(biggest)
+    assert worker.step() and client.llen(settings.queue) == 5
+    drain(worker)
+    assert {t: len(s) for t, s in seqs_by_task(settings.db).items()} == {
+        "t0": (biggest.batch_size + 5 + 1) // 2,
+        "t1": (biggest.batch_size + 5) // 2,
+    }
+
+
 def test_the_same_event_uid_is_stored_once(settings: Settings, client: redis.Redis) -> None:
     once = event(event_uid="uid-1")
     client.rpush(settings.queue, once, once, event(event_uid="uid-2"), once)  # repeats within a batch
