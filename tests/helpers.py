@@ -44,6 +44,14 @@ def rows(db: Path, sql: str, *params: object) -> list[tuple]:
         conn.close()
 
 
+def stored_count(db: Path) -> int:
+    """Events in the store; 0 while the worker has not created the file or its schema yet."""
+    try:
+        return rows(db, "SELECT count(*) FROM task_events")[0][0] if db.exists() else 0
+    except sqlite3.OperationalError:  # the file exists, the schema does not yet
+        return 0
+
+
 def seqs_by_task(db: Path) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for task_id, seq in rows(db, "SELECT task_id, seq FROM task_events ORDER BY task_id, seq"):

@@ -1,14 +1,11 @@
 """The benchmark scripts run: --help, and the read-API benchmark's --quick smoke run (a few seconds)."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import orjson
 import pytest
-
-from ingest.localredis import find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 API_BENCH = ROOT / "benchmarks" / "api_bench.py"
@@ -33,10 +30,9 @@ def test_api_bench_help() -> None:
     assert "--quick" in done.stdout and "Datasette" in done.stdout
 
 
+@pytest.mark.usefixtures("redis_server")  # the suite's rule: skipped without one, failed in CI
 @pytest.mark.redis_server
 def test_api_bench_quick_in_process(tmp_path: Path) -> None:
-    if find_redis_server() is None:
-        pytest.skip("no redis-server binary")
     table, results = run_api_bench(tmp_path, "--only", "inprocess")
     sizes = results["config"]["sizes"]
     for size in sizes:
@@ -53,13 +49,9 @@ def test_api_bench_quick_in_process(tmp_path: Path) -> None:
     assert all(s["cached"] for s in again["stores"].values())
 
 
+@pytest.mark.usefixtures("redis_server")
 @pytest.mark.redis_server
-@pytest.mark.skipif(
-    importlib.util.find_spec("datasette") is None, reason="datasette: pip install -e '.[bench]'"
-)
 def test_api_bench_quick_http_against_datasette(tmp_path: Path) -> None:
-    if find_redis_server() is None:
-        pytest.skip("no redis-server binary")
     table, results = run_api_bench(tmp_path, "--only", "http", "--http-seconds", "1")
     http = results["http"]
     assert http["same_rows"]["identical"]

@@ -14,7 +14,7 @@ from ingest import Emitter
 from ingest.worker import Worker
 from shared.keys import QueueKeys
 from shared.settings import Settings
-from tests.helpers import rows, seqs_by_task, start_worker, wait_for, worker_env
+from tests.helpers import rows, seqs_by_task, start_worker, stored_count, wait_for, worker_env
 
 pytestmark = pytest.mark.redis_server
 
@@ -202,11 +202,7 @@ def drain_after_recovery(worker: Worker) -> None:
 def test_sigterm_finishes_the_batch_and_exits_zero(settings: Settings, client: redis.Redis) -> None:
     client.rpush(settings.queue, *[event(f"t{i % 10}") for i in range(50_000)])
     proc = start_worker(settings.model_copy(update={"batch_size": 500}))
-    wait_for(
-        lambda: (
-            rows(settings.db, "SELECT count(*) FROM task_events")[0][0] > 0 if settings.db.exists() else False
-        )
-    )
+    wait_for(lambda: stored_count(settings.db) > 0)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     keys = QueueKeys(settings.queue)
