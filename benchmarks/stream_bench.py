@@ -132,6 +132,7 @@ class ClientStats:
     last_seq: int = 0
     end_seq: int | None = None
     latencies: list[float] = field(default_factory=list)
+    to_store: list[float] = field(default_factory=list)  # emit() -> the worker's commit (created_at, ms)
     connected: bool = False
 
 
@@ -169,6 +170,7 @@ async def sse_client(port: int, stats: ClientStats, measure_from: list[float]) -
                     t = event["payload"].get("t")
                     if t is not None and t >= measure_from[0] and event["event_type"] != "runner_exit":
                         stats.latencies.append(now - t)
+                        stats.to_store.append(datetime.fromisoformat(event["created_at"]).timestamp() - t)
                 elif frame.startswith(b"event: end"):
                     stats.end_seq = orjson.loads(frame[frame.index(b"\ndata: ") + 7 :])["last_seq"]
                     return
@@ -216,13 +218,17 @@ async def run_clients(
     await asyncio.sleep(cfg.warmup)
     measure_from[0] = time.time()
     window_start = time.monotonic()
+    me, producing = psutil.Process(), psutil.Process(producer.pid)
     api_cpu0, worker_cpu0 = cpu_seconds(api), cpu_seconds(worker)
+    clients_cpu0, producer_cpu0 = cpu_seconds(me), cpu_seconds(producing)
     batches0 = int(client.hget(QueueKeys(QUEUE).stats, "batches") or 0)
     ingested0 = int(client.hget(QueueKeys(QUEUE).stats, "ingested") or 0)
     await asyncio.sleep(max(0.5, cfg.seconds - cfg.warmup - 0.2))
     window = time.monotonic() - window_start
     api_cpu = (cpu_seconds(api) - api_cpu0) / window * 100
     worker_cpu = (cpu_seconds(worker) - worker_cpu0) / window * 100
+    clients_cpu = (cpu_seconds(me) - clients_cpu0) / window * 100
+    producer_cpu = (cpu_seconds(producing) - producer_cpu0) / window * 100
     batches = int(client.hget(QueueKeys(QUEUE).stats, "batches") or 0) - batches0
     ingested = int(client.hget(QueueKeys(QUEUE).stats, "ingested") or 0) - ingested0
 
@@ -233,6 +239,13 @@ async def run_clients(
 
     latencies = sorted(x * 1000 for s in stats for x in s.latencies)
     q = statistics.quantiles(latencies, n=100, method="inclusive")
+    # Where the time goes: emit() -> committed (the store's created_at, to the millisecond) and the rest.
+    to_store = [x * 1000 for s in stats for x in s.to_store]
+    from_store = sorted(
+        total - stored
+        for total, stored in zip((x * 1000 for s in stats for x in s.latencies), to_store, strict=True)
+    )
+    to_store.sort()
     deliveries_expected = sum(s.end_seq or 0 for s in stats)
     missed = sum(s.missed + ((s.end_seq or 0) - s.last_seq if s.end_seq else 1) for s in stats)
     return {
@@ -251,12 +264,24 @@ async def run_clients(
             "max": round(latencies[-1], 2),
             "mean": round(statistics.fmean(latencies), 2),
         },
+        "breakdown_ms": {
+            "emit_to_commit": _summary(to_store),
+            "commit_to_client": _summary(from_store),
+            "note": "created_at has millisecond resolution and is taken as the commit starts",
+        },
         "api_cpu_percent": round(api_cpu, 1),
         "worker_cpu_percent": round(worker_cpu, 1),
+        "clients_cpu_percent": round(clients_cpu, 1),  # this process: all the SSE clients
+        "producer_cpu_percent": round(producer_cpu, 1),
         "measured_seconds": round(window, 2),
         "worker_batches_in_window": batches,
         "events_per_batch": round(ingested / batches, 1) if batches else None,
     }
+
+
+def _summary(sorted_ms: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(sorted_ms, n=100, method="inclusive")
+    return {"median": round(q[49], 2), "p90": round(q[89], 2), "p99": round(q[98], 2)}
 
 
 def run(cfg: Config, tmp: Path) -> dict[str, Any]:
@@ -307,7 +332,7 @@ def run(cfg: Config, tmp: Path) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
-    c, lat = results["config"], results["latency_ms"]
+    c, lat, split = results["config"], results["latency_ms"], results["breakdown_ms"]
 
     def met(ok: bool) -> str:
         return "yes" if ok else "**no**"
@@ -324,9 +349,15 @@ def table(results: dict[str, Any]) -> str:
         f"| deliveries (events x clients of their task) | {results['deliveries_received']} of "
         f"{results['deliveries_expected']} | all "
         f"| {met(results['deliveries_received'] == results['deliveries_expected'])} |",
+        f"| of which emit() -> commit, median / p99 | {split['emit_to_commit']['median']} / "
+        f"{split['emit_to_commit']['p99']} ms | | |",
+        f"| of which commit -> client, median / p99 | {split['commit_to_client']['median']} / "
+        f"{split['commit_to_client']['p99']} ms | | |",
         f"| API process CPU (fan-out, one process) | {results['api_cpu_percent']} % of a core | | |",
         f"| worker CPU / events per committed batch | {results['worker_cpu_percent']} % / "
         f"{results['events_per_batch']} | | |",
+        f"| CPU of the SSE clients / of the producer (same 2 cores) | {results['clients_cpu_percent']} % / "
+        f"{results['producer_cpu_percent']} % | | |",
     ]
     head = (
         f"{c['tasks']} tasks emitting {c['rate']} events/s in total for {c['seconds']} s, {c['clients']} SSE "
