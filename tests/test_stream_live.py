@@ -83,9 +83,11 @@ def test_a_task_that_never_shows_up_ends_after_the_idle_timeout(settings: Settin
 
 
 def test_a_slow_client_does_not_delay_a_fast_one_and_catches_up_from_the_store(settings: Settings) -> None:
-    total, pad = 3000, 1000
-    small = settings.model_copy(update={"stream_buffer": 100})
-    with live(small, sndbuf=16384) as lv, httpx.Client(timeout=httpx.Timeout(10.0, read=30.0)) as fast_client:
+    total, pad = 3000, 1000  # ~4 MB, many times what the slow client's socket buffers hold
+    # A live buffer of 3 bursts: the fast client never overflows it, the slow one soon does. The send
+    # buffer is fixed (no autotuning), for every connection: big enough for the fast one.
+    small = settings.model_copy(update={"stream_buffer": 300})
+    with live(small, sndbuf=65536) as lv, httpx.Client(timeout=httpx.Timeout(10.0, read=30.0)) as fast_client:
         url = f"{lv.url}/sse/tasks/s/events"
         fast: list = []
         latencies: list[float] = []
@@ -114,7 +116,9 @@ def test_a_slow_client_does_not_delay_a_fast_one_and_catches_up_from_the_store(s
                 lv.flush()
                 fast_reader.join(30)
                 assert not fast_reader.is_alive()
-                lagged = lv.api.hub.lagged
+                wait_for(lambda: lv.api.hub.subscription_count == 1)  # the fast client has had its end
+                (slow_sub,) = lv.api.hub.subscriptions()
+                lagged = slow_sub.lagged
                 parser, slow = FrameParser(), []
                 for chunk in slow_response.iter_raw():
                     slow += parser.feed(chunk)
