@@ -11,9 +11,10 @@ cursor + 1, cursor + 2, ...: an event at or below the cursor is dropped (no repe
 cursor + 1 means something was missed, so it reads the store from the cursor instead (no gap). The
 store is the source of truth, the notifications only say "look now". Hence:
 
-- A slow client: its live queue is bounded (`stream_buffer` events). When a notification would
-  overflow it, the queue is dropped and the subscription alone is marked to catch up: it reads the
-  store from its cursor in pages, then rejoins the live feed. The hub never waits for it.
+- A slow client: its live queue is bounded (`stream_buffer` events, or one commit's events if that
+  is more). When a notification would overflow it, the queue is dropped and the subscription alone is
+  marked to catch up: it reads the store from its cursor in pages, then rejoins the live feed. The
+  hub never waits for it.
 - A lost notification: after a (re)subscription to Redis every subscription catches up from the store
   (a notification published while the hub was disconnected is gone). And as a safety net, a task
   with subscribers that has had no notification for `stream_poll` seconds has its head (`tasks`
@@ -101,8 +102,10 @@ class Subscription:
     def offer(self, events: list[LiveEvent]) -> None:
         if self.catching_up or not events or events[-1].seq <= self.known_seq:
             return
-        if len(self.pending) + len(events) > self.limit:
+        if self.pending and len(self.pending) + len(events) > self.limit:
             # Too slow for the live feed: drop the queue (bounded memory) and read the store instead.
+            # An empty queue takes any one batch, however large: the events are shared, and a client
+            # that keeps up is never sent to the store just because one commit was big.
             self.pending.clear()
             self.catching_up = True
             self.lagged += 1
@@ -250,7 +253,7 @@ class LiveHub:
 
     @property
     def queued_events(self) -> int:
-        """Events waiting in all live queues (bounded by subscriptions x stream_buffer)."""
+        """Events waiting in all live queues (each at most stream_buffer, or one commit's events)."""
         return sum(len(sub.pending) for subs in self._subs.values() for sub in subs)
 
     def subscriptions(self) -> list[Subscription]:

@@ -146,7 +146,7 @@ def test_a_client_that_never_reads_is_dropped_and_memory_stays_bounded(settings:
                 peak = max(peak, lv.api.hub.queued_events)
             lv.flush()
             wait_for(lambda: lv.api.hub.subscription_count == 0, timeout=20)
-            assert peak <= buffer
+            assert peak <= buffer + 200  # the buffer, or one commit's events if more (bursts of 200)
             assert lv.api.hub.queued_events == 0
 
 
