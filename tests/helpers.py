@@ -23,9 +23,24 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+# Every worker a test starts; conftest's autouse fixture kills those still running after the test,
+# so a failing test never leaves a worker behind.
+started_workers: list[subprocess.Popen[bytes]] = []
+
+
 def start_worker(settings: Settings, **extra: str) -> subprocess.Popen[bytes]:
     """The real worker, as `python -m ingest`, in a process of its own."""
-    return subprocess.Popen([sys.executable, "-m", "ingest"], env=worker_env(settings, **extra))
+    proc = subprocess.Popen([sys.executable, "-m", "ingest"], env=worker_env(settings, **extra))
+    started_workers.append(proc)
+    return proc
+
+
+def reap_workers() -> None:
+    while started_workers:
+        proc = started_workers.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.02) -> None:
