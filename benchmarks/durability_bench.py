@@ -5,6 +5,8 @@ vs FULL, measured side by side in one run on private redis-servers (never the on
                rate at which the emitter gets them acknowledged by Redis
   2. ingest    the same N events drained by an in-process `Worker.drain()` into a fresh store, for each
                pair of settings (the worker's claim and acknowledgement are Redis writes too)
+  3. commit    the latency of committing a batch of one event (a quiet system: each event is its own
+               batch), with each `synchronous`
 
 Prints a markdown table and writes every figure to benchmarks/results/durability.json. What each
 setting risks is in docs/reliability.md; this script measures what it costs.
@@ -25,6 +27,9 @@ import workload
 from ingest.emitter import Emitter
 from ingest.localredis import RedisServer
 from ingest.worker import Worker
+from ingest.writer import Decoded, StoreWriter
+from shared.db import open_writer
+from shared.event import decode
 from shared.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -61,6 +66,21 @@ def drain(url: str, db: Path, synchronous: str) -> float:
     return worker.totals["ingested"] / (time.perf_counter() - started)
 
 
+def commit_latency(db: Path, synchronous: str, commits: int = 300) -> dict[str, float]:
+    """Milliseconds to commit a one-event batch: what a quiet system adds to every event's latency."""
+    writer = StoreWriter(open_writer(db))
+    writer._conn.execute(f"PRAGMA synchronous = {synchronous}")
+    times = []
+    for batch_id, e in enumerate(workload.events(commits, 5, 13), start=1):
+        body = workload.body(e)
+        decoded = Decoded(*decode(body, 65536))
+        started = time.perf_counter()
+        writer.commit(batch_id, [decoded])
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p99_ms": times[int(len(times) * 0.99) - 1]}
+
+
 def run(n: int, reps: int, workdir: Path) -> dict[str, Any]:
     calls = list(workload.events(n, 50, 11))
     producer: dict[str, list[float]] = {f: [] for f in FSYNC}
@@ -81,9 +101,11 @@ def run(n: int, reps: int, workdir: Path) -> dict[str, Any]:
             finally:
                 client.close()
                 server.stop()
+    latency = {s: commit_latency(workdir / f"latency-{s}.db", s) for s in SYNCHRONOUS}
     return {
         "events": n,
         "reps": reps,
+        "one_event_commit": latency,
         "producer_events_per_s": {
             k: {"runs": v, "median": statistics.median(v)} for k, v in producer.items()
         },
@@ -110,6 +132,9 @@ def table(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {fsync}{shipped} | {sync} | {p[fsync]['median']:,.0f} | {w:,.0f} | {w / base:.2f}× |"
             )
+    lat = results["one_event_commit"]
+    lines += ["", "| SQLite synchronous | commit of a one-event batch, median / p99 |", "|---|---|"]
+    lines += [f"| {s} | {lat[s]['median_ms']:.2f} / {lat[s]['p99_ms']:.2f} ms |" for s in SYNCHRONOUS]
     return "\n".join(lines)
 
 
