@@ -29,6 +29,13 @@ def queued(client: redis.Redis, queue: str = QUEUE) -> list[dict]:
     return [orjson.loads(x) for x in client.lrange(queue, 0, -1)]
 
 
+def _nested(depth: int) -> dict:
+    top = level = {}
+    for _ in range(depth):
+        level["a"] = level = {}
+    return top
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
@@ -44,6 +51,31 @@ def queued(client: redis.Redis, queue: str = QUEUE) -> list[dict]:
         ({"payload": {"x": float("inf")}}, "payload"),
         ({"payload": {"big": "x" * 70_000}}, "payload"),
         ({"event_uid": "has space"}, "event_uid"),
+        # Every field: wrong type, too long, control characters, empty.
+        ({"task_id": "x" * 129}, "task_id"),
+        ({"task_id": 7}, "task_id"),
+        ({"task_id": None}, "task_id"),
+        ({"event_type": ""}, "event_type"),
+        ({"event_type": "a" * 65}, "event_type"),
+        ({"event_type": 3}, "event_type"),
+        ({"actor": 5}, "actor"),
+        ({"actor": "a\tb"}, "actor"),
+        ({"actor": "a" * 65}, "actor"),
+        ({"span_id": "s" * 129}, "span_id"),
+        ({"span_id": None}, "span_id"),
+        ({"parent_span_id": "a\x1fb"}, "parent_span_id"),
+        ({"parent_span_id": 1}, "parent_span_id"),
+        ({"phase": 3}, "phase"),
+        ({"phase": "Planning"}, "phase"),
+        ({"payload": "{}"}, "payload"),
+        ({"payload": {"x": float("nan")}}, "payload"),
+        ({"payload": {"x": "\ud800"}}, "payload"),
+        ({"payload": {1: "non-string key"}}, "payload"),
+        ({"payload": {"b": b"bytes"}}, "payload"),
+        ({"payload": _nested(300)}, "payload"),
+        ({"event_uid": ""}, "event_uid"),
+        ({"event_uid": "u" * 65}, "event_uid"),
+        ({"event_uid": 5}, "event_uid"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_the_field(
@@ -51,7 +83,7 @@ def test_bad_arguments_raise_value_error_naming_the_field(
 ) -> None:
     args = {"task_id": "t", "event_type": "phase_enter", "span_id": "s", "actor": "runner", **kwargs}
     emitter = Emitter(client=fake)
-    with pytest.raises(ValueError, match=rf"^{field}:"):
+    with pytest.raises(ValueError, match=rf"^{field}[:.]"):
         emitter.emit(args.pop("task_id"), args.pop("event_type"), **args)
     assert emitter.pending() == 0
 
