@@ -36,7 +36,7 @@ from ingest import deadletters
 from ingest.queue import WorkQueue
 from ingest.writer import CommitResult, Decoded, StoreWriter
 from shared.db import open_writer
-from shared.event import BadEvent, decode
+from shared.event import BadEvent, decode, max_element_bytes
 from shared.keys import QueueKeys
 from shared.settings import Settings
 
@@ -90,11 +90,12 @@ def decode_batch(
     """Split raw elements into storable events and dead-letter entries (with their reasons)."""
     good: list[Decoded] = []
     dead: list[bytes] = []
+    keep = max_element_bytes(max_payload_bytes)  # a dead letter keeps only the head of a larger one
     for raw in items:
         try:
             event, payload_json = decode(raw, max_payload_bytes)
         except BadEvent as exc:
-            dead.append(deadletters.entry(raw, exc.code, exc.reason, batch_id))
+            dead.append(deadletters.entry(raw, exc.code, exc.reason, batch_id, keep=keep))
             continue
         good.append(Decoded(event, payload_json))
     return good, dead

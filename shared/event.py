@@ -113,11 +113,23 @@ def encode_payload(payload: dict[str, Any] | None, max_bytes: int) -> bytes:
     return data
 
 
+def max_element_bytes(max_payload_bytes: int) -> int:
+    """The largest queue element parsed at all; a larger one is refused unread (`too_large`).
+
+    Room for a payload at the limit written with escapes or indentation (up to 4x its compact size:
+    `\\ud83d\\ude00` is 12 bytes for a 4-byte character) and for the other fields.
+    """
+    return 4 * max_payload_bytes + 16 * 1024
+
+
 def decode(raw: bytes, max_payload_bytes: int) -> tuple[WireEvent, bytes]:
     """Parse and check one queue element; returns the event and its payload as stored JSON.
 
     Raises BadEvent with the reason the worker records in the dead-letter list.
     """
+    limit = max_element_bytes(max_payload_bytes)
+    if len(raw) > limit:
+        raise BadEvent("too_large", f"{len(raw)} bytes, more than the {limit} an event may have; not read")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
