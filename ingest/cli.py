@@ -27,7 +27,14 @@ log = logging.getLogger("taskevents.cli")
 @click.command(
     "ingest",
     epilog=env_help(
-        "redis_url", "db", "queue", "batch_size", "max_payload_bytes", "heartbeat_ttl", "log_level"
+        "redis_url",
+        "db",
+        "queue",
+        "batch_size",
+        "max_payload_bytes",
+        "max_attempts",
+        "heartbeat_ttl",
+        "log_level",
     ),
 )
 @click.option("--check", is_flag=True, help="Exit 0 if a worker heartbeat is fresh, 1 if not (health check).")

@@ -4,6 +4,10 @@ Loop: claim a batch (atomically moved to the processing list) -> decode and vali
 SQLite (seq, dedup, summaries, batch id; one transaction) -> acknowledge in Redis (dead letters,
 counters, heartbeat, notification, clear the processing list; one MULTI). A crash anywhere in
 between is repaired by `recover()` on the next start, so nothing popped is lost or stored twice.
+
+A batch that crashes the worker every time (a poison pill) is recognised by its claim count: after
+`max_attempts` its events are retried one at a time, and an event that crashes the worker
+`max_attempts` times on its own is dead-lettered with code `poison`.
 """
 
 import gc
@@ -24,8 +28,8 @@ from typing import TypeVar
 import orjson
 import redis
 from tenacity import (
+    RetryCallState,
     Retrying,
-    before_sleep_log,
     retry_if_exception_type,
     stop_never,
     stop_when_event_set,
@@ -33,7 +37,7 @@ from tenacity import (
 )
 
 from ingest import deadletters
-from ingest.queue import WorkQueue
+from ingest.queue import InFlight, WorkQueue
 from ingest.writer import CommitResult, Decoded, StoreWriter
 from shared.db import open_writer
 from shared.event import BadEvent, decode, max_element_bytes
@@ -44,6 +48,8 @@ log = logging.getLogger("taskevents.worker")
 
 T = TypeVar("T")
 
+# Worth waiting out: Redis or SQLite unavailable, locked or full (OOM: the worker frees memory).
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError, sqlite3.OperationalError)
 WAIT_SECONDS = 1.0  # longest block on an empty queue: bounds how late a warm stop or a heartbeat is
 FULL_GC_SECONDS = 60.0  # how often the loop runs a full cyclic garbage collection
 
@@ -76,6 +82,15 @@ def _batch_gc() -> Iterator[Callable[[], None]]:
         gc.unfreeze()
         if was_enabled:
             gc.enable()
+
+
+def _log_retry(state: RetryCallState) -> None:
+    """One line per wait, naming the call but not its arguments (a batch can be megabytes)."""
+    call = getattr(state.fn, "func", state.fn)  # a functools.partial: the function it calls
+    exc = state.outcome.exception() if state.outcome else None
+    wait = state.next_action.sleep if state.next_action else 0.0
+    log.warning("%s failed (%s: %s); retrying in %.2f s",
+                getattr(call, "__qualname__", call), type(exc).__name__, exc, wait)  # fmt: skip
 
 
 def _finish(pending: "Future[None] | None") -> None:
@@ -116,6 +131,8 @@ class Worker:
         self._signals = 0
         self._ttl_ms = int(settings.heartbeat_ttl * 1000)
         self._last_beat = 0.0
+        self._store_error: str | None = None  # why the last commit failed, while it keeps failing
+        self._redis_full = False  # an idle wait was refused for want of memory
         self.totals = {"ingested": 0, "duplicates": 0, "dead_lettered": 0, "batches": 0}
         self._retry_until_stop = self._retrying(stop_on_warm=True)
         self._retry_until_cold = self._retrying(stop_on_warm=False)
@@ -161,6 +178,7 @@ class Worker:
         """
         try:
             self._retry(self.recover)
+            self._isolate()
             batch_id = self.writer.last_batch_id + 1
             with (
                 ThreadPoolExecutor(1, thread_name_prefix="taskevents-writer") as writer,
@@ -175,7 +193,7 @@ class Worker:
                             if until_empty:
                                 return
                             self._beat_if_due()
-                            self._retry(partial(self.queue.wait, WAIT_SECONDS, batch_id))
+                            self._retry(partial(self._wait, batch_id))
                             after_batch()  # retries while Redis is down make garbage too
                             continue
                         good, dead = decode_batch(items, self.settings.max_payload_bytes, batch_id)
@@ -191,34 +209,112 @@ class Worker:
                 raise
             log.warning("stopped while Redis or the store was unavailable; in-flight events stay in Redis")
 
+    def _wait(self, batch_id: int) -> None:
+        """Block on the empty queue for up to WAIT_SECONDS."""
+        try:
+            self.queue.wait(WAIT_SECONDS, batch_id)
+        except redis.OutOfMemoryError as exc:
+            # Redis is full of something else and refuses the blocking move: pause instead, and go
+            # on looping (its claims and heartbeats work at OOM), so the health check stays true.
+            if not self._redis_full:
+                log.warning("Redis refuses writes (%s): waiting for memory", exc)
+            self._redis_full = True
+            self._stop.wait(WAIT_SECONDS)
+        else:
+            self._redis_full = False
+
     def recover(self) -> None:
-        """Finish what a previous worker left in the processing slots."""
-        for left in self.queue.in_flight():
-            if not left.items:
-                continue
-            if left.batch_id is not None and left.batch_id <= self.writer.last_batch_id:
+        """Finish what a previous worker left in the processing slots.
+
+        Committed batches are acknowledged. The others are processed again by the loop, unless they
+        have crashed the worker `max_attempts` times: then a batch's events are put back to be
+        retried one at a time (`_isolate`), and a suspect event that has is dead-lettered.
+        """
+        left = [x for x in self.queue.in_flight() if x.items]
+        suspects = self.queue.suspects() > 0  # then what is in flight is one suspect event
+        uncommitted: list[InFlight] = []
+        for x in left:
+            if x.batch_id is not None and x.batch_id <= self.writer.last_batch_id:
                 log.warning("batch %s (%d events) was committed but not acknowledged: acknowledging",
-                            left.batch_id, len(left.items))  # fmt: skip
-                _, dead = decode_batch(left.items, self.settings.max_payload_bytes, left.batch_id)
-                self._retry(partial(self._ack, CommitResult(left.batch_id), dead))
+                            x.batch_id, len(x.items))  # fmt: skip
+                _, dead = decode_batch(x.items, self.settings.max_payload_bytes, x.batch_id)
+                done = len(x.items) if suspects else 0
+                self._retry(partial(self._ack, CommitResult(x.batch_id), dead, suspects_done=done))
             else:
-                log.warning("%d events were taken but not committed: processing them again", len(left.items))
+                uncommitted.append(x)
+        if not uncommitted:
+            return
+        attempts = max(x.attempts for x in uncommitted)
+        count = sum(len(x.items) for x in uncommitted)
+        if attempts < self.settings.max_attempts:
+            log.warning("%d events were taken but not committed (attempt %d of %d): processing them again",
+                        count, attempts, self.settings.max_attempts)  # fmt: skip
+        elif count == 1:  # it alone was in flight each time the worker died
+            self._dead_letter_poison(uncommitted[0], suspect=suspects)
+        else:
+            # Batch order: a slot without a batch id holds the next batch (an idle worker's wait()).
+            following = self.writer.last_batch_id + 1
+            order = sorted(uncommitted, key=lambda x: following if x.batch_id is None else x.batch_id)
+            moved = self.queue.isolate([x.slot for x in order])
+            log.error("%d events crashed the worker %d times: retrying them one at a time to find why",
+                      moved, attempts)  # fmt: skip
+
+    def _dead_letter_poison(self, left: InFlight, *, suspect: bool) -> None:
+        raw = left.items[0]
+        # Never committed: the next batch reuses the id (and the slot).
+        batch_id = left.batch_id if left.batch_id is not None else self.writer.last_batch_id + 1
+        log.error("an event crashed the worker %d times on its own: dead-lettered as poison: %r",
+                  left.attempts, raw[:200])  # fmt: skip
+        reason = f"crashed the worker {left.attempts} times (TASKEVENTS_MAX_ATTEMPTS)"
+        dead = [deadletters.entry(raw, "poison", reason, batch_id)]
+        self._retry(partial(self._ack, CommitResult(batch_id), dead, suspects_done=int(suspect)))
+
+    def _isolate(self) -> None:
+        """Process suspect events one at a time, without overlap, so that a crash names its event."""
+        while not self._stop.is_set() and self._retry(self.queue.suspects) > 0:
+            if not self._step(1, suspects=True):
+                self._retry(self.queue.clear_suspects)  # the queue was emptied under us
+                return
 
     def step(self) -> bool:
         """Claim, commit and acknowledge one batch, without overlap. False when the queue was empty."""
+        if self._retry(self.queue.suspects) > 0:
+            return self._step(1, suspects=True)
+        return self._step(self.settings.batch_size, suspects=False)
+
+    def _step(self, size: int, *, suspects: bool) -> bool:
         batch_id = self.writer.last_batch_id + 1
-        items = self._retry(partial(self.queue.claim, self.settings.batch_size, batch_id))
+        items = self._retry(partial(self.queue.claim, size, batch_id))
         if not items:
             return False
         good, dead = decode_batch(items, self.settings.max_payload_bytes, batch_id)
-        self._store(batch_id, good, dead)
+        self._store(batch_id, good, dead, suspects=len(items) if suspects else 0)
         return True
 
-    def _store(self, batch_id: int, good: list[Decoded], dead: list[bytes]) -> None:
-        result = self._retry(lambda: self.writer.commit(batch_id, good), cold_only=True)
-        self._retry(lambda: self._ack(result, dead))
+    def _store(self, batch_id: int, good: list[Decoded], dead: list[bytes], suspects: int = 0) -> None:
+        result = self._retry(partial(self._commit, batch_id, good), cold_only=True)
+        self._retry(partial(self._ack, result, dead, suspects_done=suspects))
 
-    def _ack(self, result: CommitResult, dead: list[bytes]) -> None:
+    def _commit(self, batch_id: int, good: list[Decoded]) -> CommitResult:
+        """One commit attempt; while they fail, the heartbeat says why (`store_error`)."""
+        try:
+            result = self.writer.commit(batch_id, good)
+        except sqlite3.OperationalError as exc:  # locked, disk full, I/O error: retried by the caller
+            if self._store_error is None:
+                log.error("cannot commit batch %s to %s (%s): its events stay in Redis; retrying",
+                          batch_id, self.settings.db, exc)  # fmt: skip
+            self._store_error = str(exc)
+            try:
+                self.queue.beat(self._heartbeat(), self._ttl_ms)
+            except redis.RedisError:
+                pass  # the report is best effort; the retry is not
+            raise
+        if self._store_error is not None:
+            log.warning("batch %s committed: the store takes writes again", batch_id)
+            self._store_error = None
+        return result
+
+    def _ack(self, result: CommitResult, dead: list[bytes], *, suspects_done: int = 0) -> None:
         counters = {
             "ingested": result.stored,
             "duplicates": result.duplicates,
@@ -234,6 +330,7 @@ class Worker:
             heartbeat=self._heartbeat(totals),
             heartbeat_ttl_ms=self._ttl_ms,
             announce=announce,
+            suspects_done=suspects_done,
         )
         self.totals = totals
         self._last_beat = time.monotonic()
@@ -242,7 +339,13 @@ class Worker:
 
     def _heartbeat(self, totals: dict[str, int] | None = None) -> bytes:
         return orjson.dumps(
-            {"pid": os.getpid(), "host": socket.gethostname(), "at": time.time(), **(totals or self.totals)}
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "at": time.time(),
+                **(totals or self.totals),
+                "store_error": self._store_error,
+            }
         )
 
     def _beat_if_due(self) -> None:
@@ -260,12 +363,10 @@ class Worker:
 
     def _retrying(self, *, stop_on_warm: bool) -> Retrying:
         return Retrying(
-            retry=retry_if_exception_type(
-                (redis.ConnectionError, redis.TimeoutError, sqlite3.OperationalError)
-            ),
+            retry=retry_if_exception_type(UNAVAILABLE),
             wait=wait_exponential_jitter(multiplier=0.05, max=5.0, jitter=0.1),
             stop=stop_when_event_set(self._stop) if stop_on_warm else stop_never,
             sleep=self._stop.wait if stop_on_warm else time.sleep,
-            before_sleep=before_sleep_log(log, logging.WARNING),
+            before_sleep=_log_retry,
             reraise=True,
         )

@@ -18,6 +18,17 @@ class QueueKeys:
         """Id of the batch in that slot, compared with the store's last committed batch on recovery."""
         return f"{self.queue}:processing:{slot}:batch"
 
+    def processing_attempts(self, slot: int) -> str:
+        """How many times the batch in that slot has been claimed: a claim counts before processing,
+        so a batch that kills the worker is counted however it dies (see WorkQueue.claim)."""
+        return f"{self.queue}:processing:{slot}:attempts"
+
+    @property
+    def suspects(self) -> str:
+        """How many events at the head of the queue are processed one at a time: those of a batch
+        that crashed the worker `max_attempts` times, until the culprit is found and set aside."""
+        return f"{self.queue}:suspects"
+
     @property
     def processing_keys(self) -> list[str]:
         return [self.processing(slot) for slot in range(SLOTS)]

@@ -20,6 +20,12 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest payload accepted, as serialized JSON bytes."
     )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Worker crashes a batch may cause before its events are retried one at a time "
+        "(and one event alone, before it is dead-lettered as `poison`).",
+    )
     emitter_buffer: int = Field(
         100_000, ge=1, description="Events an emitter keeps while Redis is unreachable."
     )
