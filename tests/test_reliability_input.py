@@ -6,6 +6,8 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import orjson
 import psutil
@@ -18,6 +20,9 @@ from shared.keys import QueueKeys
 from shared.settings import Settings
 from tests.helpers import rows, start_worker, wait_for
 from tests.reliability_write_helpers import settled
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
 
@@ -131,7 +136,7 @@ def peak_rss(pid: int) -> int:
 
 
 def test_bad_elements_are_dead_lettered_with_reasons_and_the_worker_stays_up_with_bounded_memory(
-    settings: Settings, client: redis.Redis
+    settings: Settings, client: redis.Redis, api_http: "TestClient"
 ) -> None:
     keys = QueueKeys(settings.queue)
     worker = start_worker(settings)
@@ -174,6 +179,10 @@ def test_bad_elements_are_dead_lettered_with_reasons_and_the_worker_stays_up_wit
         got = rows(settings.db, "SELECT payload FROM task_events WHERE task_id = ?", task)
         assert [orjson.loads(p) for (p,) in got] == [payload], name
         json.loads(got[0][0], parse_constant=_refuse)  # stored as strict JSON
+        answer = api_http.get(f"/api/tasks/{quote(task)}/events")  # and served as strict JSON
+        assert answer.status_code == 200, name
+        body = json.loads(answer.text, parse_constant=_refuse)
+        assert [e["payload"] for e in body["events"]] == [payload], name
     assert rows(settings.db, "SELECT count(*) FROM task_events WHERE task_id = 'first'") == [(0,)]
 
     # The 100 MB element is read from Redis (a reply must be), measured, hashed and let go: never parsed.
