@@ -93,12 +93,6 @@ def _log_retry(state: RetryCallState) -> None:
                 getattr(call, "__qualname__", call), type(exc).__name__, exc, wait)  # fmt: skip
 
 
-def _finish(pending: "Future[None] | None") -> None:
-    """Wait for a batch handed to the writer thread; its exception, if any, is raised here."""
-    if pending is not None:
-        pending.result()
-
-
 def decode_batch(
     items: Sequence[bytes], max_payload_bytes: int, batch_id: int
 ) -> tuple[list[Decoded], list[bytes]]:
@@ -189,7 +183,7 @@ class Worker:
                     while not self._stop.is_set():
                         items = self._retry(partial(self.queue.claim, self.settings.batch_size, batch_id))
                         if not items:
-                            pending = _finish(pending)  # everything is acknowledged before blocking
+                            pending = self._finish(pending)  # everything is acknowledged before blocking
                             if until_empty:
                                 return
                             self._beat_if_due()
@@ -197,17 +191,33 @@ class Worker:
                             after_batch()  # retries while Redis is down make garbage too
                             continue
                         good, dead = decode_batch(items, self.settings.max_payload_bytes, batch_id)
-                        pending = _finish(pending)
+                        pending = self._finish(pending)
                         pending = writer.submit(self._store, batch_id, good, dead)
                         batch_id += 1
                         del items, good, dead
                         after_batch()
                 finally:
-                    _finish(pending)
+                    self._finish(pending)
         except (redis.RedisError, sqlite3.OperationalError):
             if not self._stop.is_set():
                 raise
             log.warning("stopped while Redis or the store was unavailable; in-flight events stay in Redis")
+
+    def _finish(self, pending: "Future[None] | None") -> None:
+        """Wait for a batch handed to the writer thread; its exception, if any, is raised here.
+
+        A commit can take long (the store locked or full: it is retried until it lands), so the
+        heartbeat, with its `store_error`, is refreshed meanwhile: the worker is alive, not stuck.
+        """
+        while pending is not None:
+            try:
+                return pending.result(timeout=self.settings.heartbeat_ttl / 3)
+            except TimeoutError:
+                try:
+                    self.queue.beat(self._heartbeat(), self._ttl_ms)
+                except redis.RedisError:
+                    pass  # Redis is down too: the writer's retries wait for it
+        return None
 
     def _wait(self, batch_id: int) -> None:
         """Block on the empty queue for up to WAIT_SECONDS."""
