@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from ingest.walcap import WalCap
 from shared.clock import format_ms
 from shared.event import SPAN_CLOSERS, SPAN_OPENERS, WireEvent
 
@@ -127,6 +128,7 @@ class StoreWriter:
         self._latest: dict[str, int] = {}
         self._cache_size = seq_cache_size
         self.last_batch_id: int = conn.execute("SELECT last_batch_id FROM ingest_state").fetchone()[0]
+        self.wal_cap = WalCap(conn)
 
     def commit(self, batch_id: int, batch: Sequence[Decoded]) -> CommitResult:
         """Store the batch and record `batch_id` as committed, all or nothing.
@@ -161,6 +163,7 @@ class StoreWriter:
             result.tasks[task_id] = (change.first_seq, change.last_seq)
         result.stored = len(rows)
         self.last_batch_id = batch_id
+        self.wal_cap.after_commit()
         return result
 
     def _drop_duplicates(self, batch: Sequence[Decoded]) -> list[Decoded]:

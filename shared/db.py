@@ -7,6 +7,10 @@ from urllib.parse import quote
 from shared.schema import migrate
 
 BUSY_TIMEOUT_MS = 5000
+WAL_AUTOCHECKPOINT_PAGES = 16384  # 64 MiB of 4 KiB pages: the writer's PASSIVE checkpoint threshold
+# Past this the writer forces a TRUNCATE checkpoint (ingest/walcap.py): overlapping readers can keep
+# the PASSIVE one from ever restarting the WAL.
+WAL_LIMIT_BYTES = 2 * WAL_AUTOCHECKPOINT_PAGES * 4096
 READER_MMAP_BYTES = 1 << 30  # address space, not memory: pages come from the OS page cache
 
 
@@ -20,7 +24,7 @@ def open_writer(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keeps the hot index pages of a large store
     conn.execute("PRAGMA temp_store = MEMORY")
-    conn.execute("PRAGMA wal_autocheckpoint = 16384")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
     migrate(conn)
     return conn
 
