@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,20 @@ pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 OUTAGE = 10.0  # seconds Redis is down
 PRODUCERS, RATE = 2, 1000  # emitting threads, events a second each
+
+
+@pytest.fixture
+def private_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """`private_server(*extra_args)`: a redis-server of the test's own, killed after it whatever happens."""
+    made: list[RedisServer] = []
+
+    def make(*extra: str) -> RedisServer:
+        made.append(RedisServer(tmp_path / f"redis{len(made)}", None, *extra).start())
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.kill()
 
 
 def own_settings(server: RedisServer, tmp_path: Path, **changes: object) -> Settings:
@@ -147,19 +162,13 @@ def backlog_after_a_kill(server: RedisServer, events: int) -> int:
         client.close()
 
 
-def test_a_killed_redis_keeps_its_backlog_only_with_the_shipped_persistence(tmp_path: Path) -> None:
+def test_a_killed_redis_keeps_its_backlog_only_with_the_shipped_persistence(
+    private_server: Callable[..., RedisServer],
+) -> None:
     events = 20_000
-    safe = RedisServer(tmp_path / "safe").start()  # SAFE_ARGS: the Procfile's and compose's flags
-    try:
-        kept = backlog_after_a_kill(safe, events)
-    finally:
-        safe.kill()
+    kept = backlog_after_a_kill(private_server(), events)  # SAFE_ARGS: the Procfile's and compose's
     # Without persistence (Redis' defaults minus RDB snapshots): the whole backlog dies with it.
-    bare = RedisServer(tmp_path / "bare", None, "--appendonly", "no", "--save", "").start()
-    try:
-        kept_bare = backlog_after_a_kill(bare, events)
-    finally:
-        bare.kill()
+    kept_bare = backlog_after_a_kill(private_server("--appendonly", "no", "--save", ""), events)
     # everysec: each write reaches the kernel before Redis answers, so a crash of the Redis process
     # loses nothing acknowledged; only a crash of the machine can lose up to ~1 s of writes.
     assert kept == events
@@ -206,9 +215,9 @@ def _answers(client: redis.Redis) -> bool:
 
 
 def test_redis_out_of_memory_emitters_keep_and_retry_the_worker_drains_nothing_is_evicted(
-    tmp_path: Path,
+    tmp_path: Path, private_server: Callable[..., RedisServer]
 ) -> None:
-    server = RedisServer(tmp_path / "redis", None, "--maxmemory", "8mb").start()  # noeviction: shipped
+    server = private_server("--maxmemory", "8mb")  # and noeviction, as shipped
     settings = own_settings(server, tmp_path, batch_size=2000)
     client = redis.Redis.from_url(server.url)
     events = 60_000  # about three times what fits in 8 MB
@@ -236,7 +245,6 @@ def test_redis_out_of_memory_emitters_keep_and_retry_the_worker_drains_nothing_i
             worker.terminate()
             assert worker.wait(15) == 0
         client.close()
-        server.kill()
     assert stats["evicted_keys"] == 0
     assert emitter.dropped == 0
     assert stored_count(settings.db) == events
@@ -257,8 +265,10 @@ def stalled(emitter: Emitter, quiet: float = 1.5) -> bool:
     return emitter.pending() > 0 and emitter.sent == sent
 
 
-def test_an_idle_worker_survives_a_full_redis_and_resumes_when_memory_returns(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "redis").start()
+def test_an_idle_worker_survives_a_full_redis_and_resumes_when_memory_returns(
+    tmp_path: Path, private_server: Callable[..., RedisServer]
+) -> None:
+    server = private_server()
     settings = own_settings(server, tmp_path, heartbeat_ttl=3.0)
     client = redis.Redis.from_url(server.url)
     worker = start_worker(settings, TASKEVENTS_HEARTBEAT_TTL="3")
@@ -283,5 +293,4 @@ def test_an_idle_worker_survives_a_full_redis_and_resumes_when_memory_returns(tm
         worker.terminate()
         assert worker.wait(15) == 0
         client.close()
-        server.kill()
     assert rows(settings.db, "SELECT count(*), max(seq) FROM task_events") == [(100, 100)]
