@@ -57,10 +57,8 @@ def produce(url: str, calls: list[workload.Event]) -> float:
 
 
 def drain(url: str, db: Path, synchronous: str) -> float:
-    worker = Worker(Settings(redis_url=url, db=db, queue=QUEUE))
-    # The store is opened with synchronous=NORMAL (shared/db.py); the benchmark switches the writer's
-    # connection to compare. FULL makes every COMMIT wait for the WAL's fsync.
-    worker.writer._conn.execute(f"PRAGMA synchronous = {synchronous}")
+    # FULL makes every COMMIT wait for the WAL's fsync (TASKEVENTS_SQLITE_SYNCHRONOUS).
+    worker = Worker(Settings(redis_url=url, db=db, queue=QUEUE, sqlite_synchronous=synchronous))
     started = time.perf_counter()
     worker.drain()
     return worker.totals["ingested"] / (time.perf_counter() - started)
@@ -68,8 +66,7 @@ def drain(url: str, db: Path, synchronous: str) -> float:
 
 def commit_latency(db: Path, synchronous: str, commits: int = 300) -> dict[str, float]:
     """Milliseconds to commit a one-event batch: what a quiet system adds to every event's latency."""
-    writer = StoreWriter(open_writer(db))
-    writer._conn.execute(f"PRAGMA synchronous = {synchronous}")
+    writer = StoreWriter(open_writer(db, synchronous))
     times = []
     for batch_id, e in enumerate(workload.events(commits, 5, 13), start=1):
         body = workload.body(e)

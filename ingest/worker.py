@@ -120,7 +120,7 @@ class Worker:
             health_check_interval=30,
         )
         self.queue = WorkQueue(self._redis, QueueKeys(settings.queue))
-        self.writer = StoreWriter(open_writer(settings.db))
+        self.writer = StoreWriter(open_writer(settings.db, settings.sqlite_synchronous))
         self._stop = threading.Event()
         self._signals = 0
         self._ttl_ms = int(settings.heartbeat_ttl * 1000)

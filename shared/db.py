@@ -14,14 +14,20 @@ WAL_LIMIT_BYTES = 2 * WAL_AUTOCHECKPOINT_PAGES * 4096
 READER_MMAP_BYTES = 1 << 30  # address space, not memory: pages come from the OS page cache
 
 
-def open_writer(path: Path) -> sqlite3.Connection:
-    """The single writer: WAL, synchronous=NORMAL, schema migrated. Transactions are explicit."""
+def open_writer(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """The single writer: WAL, synchronous NORMAL (or FULL), schema migrated. Transactions are explicit.
+
+    NORMAL syncs the WAL at checkpoints only: a crash of the process loses nothing, a power loss may
+    lose the last commits. FULL syncs it at every commit (docs/reliability.md has the cost).
+    """
+    if synchronous not in ("NORMAL", "FULL"):
+        raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     # check_same_thread=False: the worker may be built on one thread and run on another (tests do).
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keeps the hot index pages of a large store
     conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")

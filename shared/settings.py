@@ -1,6 +1,7 @@
 """Process settings, read from TASKEVENTS_* environment variables when a process starts."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,11 @@ class Settings(BaseSettings):
     )
     max_payload_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest payload accepted, as serialized JSON bytes."
+    )
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL",
+        description="SQLite `synchronous` of the worker: FULL also survives a power loss "
+        "(docs/reliability.md).",
     )
     max_attempts: int = Field(
         3,

@@ -236,3 +236,11 @@ def test_an_idle_worker_wakes_for_new_events(settings: Settings, client: redis.R
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+@pytest.mark.parametrize(("setting", "pragma"), [("NORMAL", 1), ("FULL", 2)])
+def test_the_store_syncs_as_configured(settings: Settings, setting: str, pragma: int) -> None:
+    worker = Worker(settings.model_copy(update={"sqlite_synchronous": setting}))
+    assert worker.writer._conn.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    with pytest.raises(ValueError, match="sqlite_synchronous"):
+        Settings(sqlite_synchronous="OFF")  # type: ignore[arg-type]
