@@ -32,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 from api.errors import BadParameter
 from api.live import End, LiveEvent, LiveHub, follow
 from api.livereads import Head
-from api.models import ERRORS_400
+from api.models import ERRORS_400, ERRORS_TASK
 from api.store import StoreUnavailable
 from api.tasks import MAX_SEQ
 
@@ -122,6 +122,7 @@ async def _sse_body(hub: LiveHub, task_id: str, after: int, start: Head | None) 
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "The event stream (see the README)."},
         **ERRORS_400,
+        503: ERRORS_TASK[503],  # the store unreadable when the stream starts
     },
 )
 async def sse_task_events(
