@@ -1,4 +1,4 @@
-# The taskevents image: the `taskevents` command (worker now, read API later) on Python 3.11.
+# The taskevents image: the `taskevents` command (worker, read API, tools) on Python 3.11.
 # docker-compose.yml chooses the command; the default is the ingest worker.
 
 # --- build: a wheel of the project, so no source tree or build leftovers reach the runtime image
