@@ -49,6 +49,7 @@ import httpx
 import orjson
 import psutil
 import uvloop
+from report import publish, say
 
 from api import reads
 from api.app import create_app
@@ -178,11 +179,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def say(message: str) -> None:
-    """Progress goes to stderr so stdout is just the tables."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def summary_ms(ns: list[int]) -> dict[str, float]:
@@ -827,10 +823,7 @@ def main() -> None:
     cfg = parse_args()
     with tempfile.TemporaryDirectory(prefix="api-bench-") as tmp:
         results = run(cfg, Path(tmp))
-    cfg.output.parent.mkdir(parents=True, exist_ok=True)
-    cfg.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
-    print(table(results))
-    print(f"\nJSON: {cfg.output}")
+    publish(results, cfg.output, table(results))
 
 
 if __name__ == "__main__":

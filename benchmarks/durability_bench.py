@@ -14,15 +14,14 @@ setting risks is in docs/reliability.md; this script measures what it costs.
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import redis
 import workload
+from report import publish, say
 
 from ingest.emitter import Emitter
 from ingest.localredis import RedisServer
@@ -36,10 +35,6 @@ HERE = Path(__file__).resolve().parent
 QUEUE = "bench:events"
 FSYNC = ("everysec", "always")
 SYNCHRONOUS = ("NORMAL", "FULL")
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def produce(url: str, calls: list[workload.Event]) -> float:
@@ -145,10 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="durability-bench-") as tmp:
         results = run(args.events, args.reps, Path(tmp))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    print(table(results))
-    print(f"\nJSON: {args.output}")
+    publish(results, args.output, table(results))
 
 
 if __name__ == "__main__":

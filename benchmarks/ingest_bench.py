@@ -51,6 +51,7 @@ import redis
 import rq
 import rq_baseline
 import workload
+from report import publish, say
 
 from ingest.emitter import Emitter
 from ingest.localredis import RedisServer
@@ -153,11 +154,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def say(message: str) -> None:
-    """Progress goes to stderr so stdout is just the table."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -588,10 +584,7 @@ def main() -> None:
     cfg = parse_args()
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         results = run(cfg, Path(tmp))
-    cfg.output.parent.mkdir(parents=True, exist_ok=True)
-    cfg.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    print(table(results))
-    print(f"\nJSON: {cfg.output}")
+    publish(results, cfg.output, table(results))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from report import publish  # noqa: E402  (beside this script)
+
 from ingest.localredis import RedisServer  # noqa: E402
 from shared.keys import QueueKeys  # noqa: E402
 
@@ -370,10 +372,7 @@ def main() -> None:
     cfg = parse_args()
     with tempfile.TemporaryDirectory(prefix="stream-bench-") as tmp:
         results = run(cfg, Path(tmp))
-    cfg.output.parent.mkdir(parents=True, exist_ok=True)
-    cfg.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    print(table(results))
-    print(f"\nJSON: {cfg.output}")
+    publish(results, cfg.output, table(results))
 
 
 if __name__ == "__main__":
