@@ -35,6 +35,7 @@ from api.livereads import Head
 from api.models import ERRORS_400, ERRORS_TASK
 from api.store import StoreUnavailable
 from api.tasks import MAX_SEQ
+from shared.event import NAME_MAX_LENGTH, is_name
 
 log = logging.getLogger("taskevents.api.stream")
 
@@ -77,8 +78,8 @@ def resume_point(since_seq: int | None, last_event_id: str | None) -> int:
 
 
 def check_task_id(task_id: str) -> None:
-    if not 1 <= len(task_id) <= 128 or any(ord(c) < 32 or ord(c) == 127 for c in task_id):
-        raise BadParameter("task_id", "must be 1-128 characters without control characters")
+    if not is_name(task_id):
+        raise BadParameter("task_id", f"must be 1-{NAME_MAX_LENGTH} characters without control characters")
 
 
 def _hub(app: Any) -> LiveHub:

@@ -5,6 +5,7 @@ validates an event at the producer's call site and again in the worker, so both 
 reason for the same mistake.
 """
 
+import re
 from typing import Annotated, Any, Final, Literal
 
 import orjson
@@ -48,7 +49,10 @@ SPAN_CLOSERS: Final = {
 }
 
 # Names and ids: printable, bounded. Control characters would break logs, SSE frames and terminals.
-_Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+_PRINTABLE_CHARS: Final = r"[^\x00-\x1f\x7f]+"
+PRINTABLE: Final = f"^{_PRINTABLE_CHARS}$"
+NAME_MAX_LENGTH: Final = 128
+_Name = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX_LENGTH, pattern=PRINTABLE)]
 _EventType = Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")]
 _Uid = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_-]+$")]
 _Instant = Annotated[
@@ -64,7 +68,7 @@ class WireEvent(BaseModel):
     task_id: _Name
     event_type: _EventType
     phase: Phase | None = None
-    actor: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    actor: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=PRINTABLE)]
     span_id: _Name
     parent_span_id: _Name | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
@@ -79,6 +83,12 @@ class BadEvent(ValueError):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+def is_name(text: str) -> bool:
+    """True if `text` could be a task or span id: what the store accepts (the API checks paths with it)."""
+    # fullmatch, not PRINTABLE's `$`: Python's `$` also matches before a final newline.
+    return len(text) <= NAME_MAX_LENGTH and re.fullmatch(_PRINTABLE_CHARS, text) is not None
 
 
 def describe(exc: ValidationError) -> str:

@@ -73,3 +73,20 @@ def test_payload_encoding_is_strict_json() -> None:
     ]:
         with pytest.raises(BadEvent, match=words):
             encode_payload(bad, LIMIT)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [("t-1", True), ("x" * 128, True), ("é/ü", True), ("", False), ("x" * 129, False), ("a\nb", False),
+     ("ab\n", False), ("a\x7f", False)],
+)  # fmt: skip
+def test_is_name_is_the_rule_the_event_model_applies_to_ids(text: str, ok: bool) -> None:
+    from shared.event import is_name
+
+    assert is_name(text) is ok
+    with_id = orjson.dumps({**GOOD, "task_id": text})
+    if ok:
+        assert decode(with_id, LIMIT)[0].task_id == text
+    else:
+        with pytest.raises(BadEvent):
+            decode(with_id, LIMIT)
