@@ -7,36 +7,17 @@ from api.app import create_app
 from shared.cli import env_help, settings_options
 from shared.settings import Settings
 
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
-# Not Settings fields: only this command reads them (compose sets the host to 0.0.0.0).
-_EPILOG = "\n".join(
-    [
-        env_help("db", "redis_url", "queue", "log_level"),
-        f"  {'TASKEVENTS_API_HOST':<31} Address to listen on. (default: {DEFAULT_HOST})",
-        f"  {'TASKEVENTS_API_PORT':<31} Port to listen on. (default: {DEFAULT_PORT})",
-    ]
-)
 
-
-@click.command("api", epilog=_EPILOG)
-@click.option(
-    "--host",
-    envvar="TASKEVENTS_API_HOST",
-    default=DEFAULT_HOST,
-    show_default=True,
-    help="Address to listen on.",
+@click.command(
+    "api", epilog=env_help("db", "redis_url", "queue", "api_host", "api_port", "query_timeout", "log_level")
 )
+@click.option("--host", help="Address to listen on (overrides TASKEVENTS_API_HOST).")
 @click.option(
-    "--port",
-    envvar="TASKEVENTS_API_PORT",
-    type=click.IntRange(0, 65535),
-    default=DEFAULT_PORT,
-    show_default=True,
-    help="Port to listen on.",
+    "--port", type=click.IntRange(0, 65535), help="Port to listen on (overrides TASKEVENTS_API_PORT)."
 )
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
 @settings_options
-def api_command(settings: Settings, host: str, port: int, access_log: bool) -> None:
+def api_command(settings: Settings, host: str | None, port: int | None, access_log: bool) -> None:
     """Serve the read API (JSON; OpenAPI at /docs): the store opened read-only.
 
     It may start before the worker has created the store: task endpoints answer 503 until the file
@@ -46,8 +27,8 @@ def api_command(settings: Settings, host: str, port: int, access_log: bool) -> N
     app = create_app(settings)
     uvicorn.run(
         app,
-        host=host,
-        port=port,
+        host=host or settings.api_host,
+        port=settings.api_port if port is None else port,
         access_log=access_log,
         log_level=settings.log_level.lower(),
         log_config=None,  # keep the logging configured by settings_options

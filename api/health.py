@@ -28,7 +28,7 @@ async def health(request: Request) -> Response:
 def ready(store: Store, client: RedisClient, settings: AppSettings) -> Response:
     """Can this process serve? 200 while the store is readable (with the schema this API reads), else
     503. Also reports, without failing on them: Redis reachable, the queue's depth, in-flight events and
-    dead letters, the worker's heartbeat age and counters."""
+    dead letters, the worker's heartbeat age, counters and store error, and the standby workers."""
     try:
         version = store.check()
         last = store.run(reads.last_commit_at)
@@ -44,6 +44,8 @@ def ready(store: Store, client: RedisClient, settings: AppSettings) -> Response:
             alive=report.heartbeat is not None,
             heartbeat_age_seconds=round(age, 3) if age is not None else None,
             heartbeat=report.heartbeat,
+            store_error=report.store_error,
+            standbys=report.standbys,
             counters=report.counters,
         )
     except redis.RedisError as exc:
@@ -59,6 +61,8 @@ def ready(store: Store, client: RedisClient, settings: AppSettings) -> Response:
         problems.append(f"redis: {redis_status.detail}")
     elif worker is not None and not worker.alive:
         problems.append("worker: no heartbeat (no worker is running, or it is stuck)")
+    elif worker is not None and worker.store_error:
+        problems.append(f"worker: cannot write the store, consuming nothing: {worker.store_error}")
     if not store_status.ok:
         status, code = "unavailable", "store_unavailable"
     else:

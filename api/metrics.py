@@ -131,6 +131,14 @@ class WorkerCollector:
                 "1 if the worker's heartbeat is present.",
                 report.heartbeat is not None,
             ),
+            _gauge(
+                "taskevents_worker_store_error",
+                "1 if the worker cannot write the store (it consumes nothing until it can).",
+                report.store_error is not None,
+            ),
+            _gauge(
+                "taskevents_worker_standbys", "Workers waiting to take over the queue.", len(report.standbys)
+            ),
         ]
         age = report.heartbeat_age
         if age is not None:

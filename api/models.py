@@ -140,13 +140,20 @@ class WorkerStatus(BaseModel):
     alive: bool = Field(description="A heartbeat is present (it expires after TASKEVENTS_HEARTBEAT_TTL).")
     heartbeat_age_seconds: float | None = None
     heartbeat: dict[str, Any] | None = Field(None, description="The worker's heartbeat as it wrote it.")
+    store_error: str | None = Field(
+        None, description="Why the worker cannot write the store (it then consumes nothing), if it cannot."
+    )
+    standbys: list[str] = Field(
+        default_factory=list, description="Workers waiting to take over (host:pid-namespace:pid)."
+    )
     counters: dict[str, int] = Field(default_factory=dict, description="The `<queue>:worker:stats` hash.")
 
 
 class Readiness(BaseModel):
     status: Literal["ready", "degraded", "unavailable"] = Field(
         description="ready: all checks pass; degraded: the store is readable but Redis or the worker "
-        "is not; unavailable (HTTP 503): the store is not readable."
+        "is not (no heartbeat, or it cannot write the store); unavailable (HTTP 503): the store is not "
+        "readable."
     )
     detail: str
     code: str | None = Field(None, description="`store_unavailable` when the answer is 503.")

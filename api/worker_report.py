@@ -37,6 +37,12 @@ class WorkerReport:
     dead_letters: int
     heartbeat: dict[str, Any] | None  # None: no heartbeat within its TTL, no worker running
     counters: dict[str, int] = field(default_factory=dict)
+    standbys: list[str] = field(default_factory=list)  # workers waiting for the lease
+
+    @property
+    def store_error(self) -> str | None:
+        error = (self.heartbeat or {}).get("store_error")
+        return str(error) if error else None
 
     @property
     def heartbeat_age(self) -> float | None:
@@ -54,9 +60,10 @@ def read_worker_report(client: redis.Redis, keys: QueueKeys) -> WorkerReport:
     pipe.llen(keys.dead)
     pipe.get(keys.heartbeat)
     pipe.hgetall(keys.stats)
+    pipe.zrangebyscore(keys.standbys, int(time.time() * 1000), "+inf")  # entries not yet lapsed
     depth, *rest = pipe.execute()
     in_flight = rest[: len(keys.processing_keys)]
-    dead, beat, stats = rest[len(keys.processing_keys) :]
+    dead, beat, stats, standbys = rest[len(keys.processing_keys) :]
     heartbeat = None
     if beat is not None:
         try:
@@ -71,4 +78,11 @@ def read_worker_report(client: redis.Redis, keys: QueueKeys) -> WorkerReport:
             counters[name.decode()] = int(value)
         except (UnicodeDecodeError, ValueError):
             continue  # not a counter of ours
-    return WorkerReport(int(depth), sum(int(n) for n in in_flight), int(dead), heartbeat, counters)
+    return WorkerReport(
+        int(depth),
+        sum(int(n) for n in in_flight),
+        int(dead),
+        heartbeat,
+        counters,
+        [s.decode("utf-8", "replace") for s in standbys],
+    )

@@ -13,7 +13,7 @@ event to the last, so a task's events are spread over the file as they would be 
 tasks, the probes among them, are still running: their last wave and closing events are not there yet.
 
 Events go in exactly as the worker writes them: wire frames built by the emitter's framing, decoded
-and validated by `ingest.worker.decode_batch`, committed by `ingest.writer.StoreWriter.commit` in
+and validated by `ingest.batch.decode_batch`, committed by `ingest.writer.StoreWriter.commit` in
 batches of `Settings().batch_size`. With `via_redis`, the frames instead go through a private
 redis-server and an in-process `ingest.worker.Worker.drain()`: the whole production path.
 """
@@ -34,8 +34,8 @@ from typing import Any
 import orjson
 import workload
 
+from ingest.batch import decode_batch
 from ingest.emitter import _frame  # the emitter's own framing: event_uid (ULID) and emitted_at
-from ingest.worker import decode_batch
 from ingest.writer import StoreWriter
 from shared.db import open_writer
 from shared.schema import SCHEMA_VERSION
@@ -338,9 +338,10 @@ def _write_direct(spec: StoreSpec, path: Path) -> None:
     max_payload = Settings().max_payload_bytes
     conn = open_writer(path)
     writer = StoreWriter(conn)
+    writer.take_over()
     try:
         for batch_id, batch in enumerate(_batches(frames(spec), spec.batch_size), start=1):
-            good, dead = decode_batch(batch, max_payload, batch_id)
+            good, dead = decode_batch(batch, max_payload)
             if dead:
                 raise RuntimeError(f"the worker would dead-letter {len(dead)} generated events: {dead[0]!r}")
             writer.commit(batch_id, good)

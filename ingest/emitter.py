@@ -24,7 +24,7 @@ from ulid import ULID
 
 from shared.clock import format_ms
 from shared.event import BadEvent, WireEvent, describe, encode_payload
-from shared.settings import Settings
+from shared.settings import ProducerSettings, build
 
 log = logging.getLogger("taskevents.emitter")
 
@@ -33,28 +33,45 @@ _hooks_installed = False
 _hooks_lock = threading.Lock()
 
 
+CHUNK_SIZE = 500  # events per RPUSH: large enough to amortise a round trip, small enough to retry
+
+
 class Emitter:
-    """Fire-and-forget event producer. One per process is plenty; it is thread-safe."""
+    """Fire-and-forget event producer. One per process is plenty; it is thread-safe.
+
+    Every argument left out takes its `TASKEVENTS_*` setting (`ProducerSettings`), read when the emitter
+    is built: `Emitter()` in a runner started with `TASKEVENTS_REDIS_URL` and `TASKEVENTS_QUEUE` pushes
+    where they say. A malformed URL or option, given or from the environment, raises ValueError here.
+    """
 
     def __init__(
         self,
-        redis_url: str = "redis://localhost:6379/0",
+        redis_url: str | None = None,
         *,
-        queue: str = "taskevents:events",
-        buffer_size: int = 100_000,
-        max_payload_bytes: int = 64 * 1024,
-        flush_timeout: float = 5.0,
-        chunk_size: int = 500,
+        queue: str | None = None,
+        buffer_size: int | None = None,
+        max_payload_bytes: int | None = None,
+        flush_timeout: float | None = None,
+        chunk_size: int = CHUNK_SIZE,
         client: redis.Redis | None = None,
     ) -> None:
         """`client`: a redis-py client to push with (default: one made from `redis_url` on first send)."""
-        if buffer_size < 1 or chunk_size < 1:
-            raise ValueError("buffer_size and chunk_size must be at least 1")
-        self.redis_url = redis_url
-        self.queue = queue
-        self.buffer_size = buffer_size
-        self.max_payload_bytes = max_payload_bytes
-        self.flush_timeout = flush_timeout
+        settings = build(
+            ProducerSettings,
+            {"emitter_buffer": "buffer_size"},
+            redis_url=redis_url,
+            queue=queue,
+            emitter_buffer=buffer_size,
+            max_payload_bytes=max_payload_bytes,
+            flush_timeout=flush_timeout,
+        )
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size: must be at least 1, got {chunk_size!r}")
+        self.redis_url = settings.redis_url
+        self.queue = settings.queue
+        self.buffer_size = settings.emitter_buffer
+        self.max_payload_bytes = settings.max_payload_bytes
+        self.flush_timeout = settings.flush_timeout
         self.chunk_size = chunk_size
         self._given_client = client
         self._reset()
@@ -62,7 +79,7 @@ class Emitter:
         _live.add(self)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Emitter":
+    def from_settings(cls, settings: ProducerSettings) -> "Emitter":
         return cls(
             settings.redis_url,
             queue=settings.queue,
@@ -217,9 +234,15 @@ class Emitter:
                         self.redis_url, socket_timeout=5, socket_connect_timeout=2
                     )
                 self._client.rpush(self.queue, *frames)
-            except redis.RedisError as exc:
+            except Exception as exc:
+                # Redis unreachable, full or restarting: expected, retried. Anything else is a bug or a
+                # broken client: logged with its traceback and retried on a new client, so the sender
+                # never dies silently while emit() keeps filling the buffer.
                 failures += 1
-                if failures == 1:
+                if not isinstance(exc, redis.RedisError):
+                    log.exception("unexpected error pushing to %s; retrying", self.redis_url)
+                    self._drop_client()
+                elif failures == 1:
                     log.warning("cannot push to %s (%s); buffering and retrying", self.redis_url, exc)
                 # After close() gave up waiting, stop retrying: close() has reported the loss.
                 if self._closing.wait(backoff.compute(failures)):
@@ -233,6 +256,14 @@ class Emitter:
                 self._inflight = 0
                 self._sent.notify_all()
             frames = []
+
+    def _drop_client(self) -> None:
+        if self._client is not None and self._given_client is None:
+            try:
+                self._client.close()
+            except Exception:
+                log.debug("closing a broken Redis client failed", exc_info=True)
+            self._client = None
 
     def _after_fork_in_child(self) -> None:
         self._reset()

@@ -8,7 +8,6 @@ import threading
 from typing import Any
 
 from ingest.emitter import Emitter
-from shared.settings import Settings
 
 _default: Emitter | None = None
 _default_lock = threading.Lock()
@@ -19,7 +18,7 @@ def default_emitter() -> Emitter:
     global _default
     with _default_lock:
         if _default is None:
-            _default = Emitter.from_settings(Settings())
+            _default = Emitter()  # TASKEVENTS_* from the environment, read now
         return _default
 
 

@@ -1,13 +1,21 @@
 """The one consumer: drains the Redis list in batches and commits them to the store.
 
-Loop: claim a batch (atomically moved to the processing list) -> decode and validate -> commit to
-SQLite (seq, dedup, summaries, batch id; one transaction) -> acknowledge in Redis (dead letters,
-counters, heartbeat, notification, clear the processing list; one MULTI). A crash anywhere in
-between is repaired by `recover()` on the next start, so nothing popped is lost or stored twice.
+A worker first takes the queue's lease (ingest/lease.py); while another worker holds it, it waits as a
+hot standby and takes over when the lease lapses (at once after a warm stop, within
+TASKEVENTS_HEARTBEAT_TTL after a crash). Holding it, it takes the store over (bumping its writer
+epoch, which fences out any earlier writer), finishes what was left in flight (ingest/recovery.py),
+then loops: claim a batch (atomically moved to a processing slot) -> decode and validate -> commit to
+SQLite (seq, dedup, summaries, batch id and record; one transaction) -> acknowledge in Redis (dead
+letters, counters, heartbeat, notification, clear the slot; one script). A crash anywhere in between
+is repaired by the next worker's recovery, so nothing popped is lost or stored twice.
 
-A batch that crashes the worker every time (a poison pill) is recognised by its claim count: after
-`max_attempts` its events are retried one at a time, and an event that crashes the worker
-`max_attempts` times on its own is dead-lettered with code `poison`.
+Failures are told apart by whose they are:
+- Redis or the store unavailable, locked or full: retried with backoff in place, events stay in Redis.
+- The store broken (corrupt, a constraint it should never meet, a schema this code does not know): a
+  store fault. Consuming stops, the heartbeat, /api/ready and the log say why, and every few seconds
+  the worker reopens the store and tries again; no event is blamed, none is dead-lettered.
+- The worker crashing on a batch, every time: a poison pill (ingest/poison.py).
+- The lease lost: the worker stops writing at once and stands by again.
 """
 
 import gc
@@ -18,11 +26,11 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import TypeVar
 
 import orjson
@@ -36,12 +44,15 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from ingest import deadletters
-from ingest.queue import InFlight, WorkQueue
-from ingest.writer import CommitResult, Decoded, StoreWriter
+from ingest.batch import dead_letters, decode_batch
+from ingest.lease import Lease, LeaseHeld, LeaseLost
+from ingest.queue import Claim, WorkQueue
+from ingest.recovery import recover
+from ingest.writer import CommitResult, DeadMark, Decoded, StoreWriter
 from shared.db import open_writer
-from shared.event import BadEvent, decode, max_element_bytes
+from shared.event import max_element_bytes
 from shared.keys import QueueKeys
+from shared.schema import SchemaError
 from shared.settings import Settings
 
 log = logging.getLogger("taskevents.worker")
@@ -51,7 +62,25 @@ T = TypeVar("T")
 # Worth waiting out: Redis or SQLite unavailable, locked or full (OOM: the worker frees memory).
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError, sqlite3.OperationalError)
 WAIT_SECONDS = 1.0  # longest block on an empty queue: bounds how late a warm stop or a heartbeat is
+STANDBY_POLL = 0.5  # how often a standby tries to take the lease
+FAULT_BACKOFF = (0.5, 5.0)  # seconds between attempts to reopen a broken store: first, most
 FULL_GC_SECONDS = 60.0  # how often the loop runs a full cyclic garbage collection
+
+
+class StoreFault(Exception):
+    """The store is broken, not busy: an error of the store's, not of an event's."""
+
+
+@contextmanager
+def _store_faults() -> Iterator[None]:
+    """Turn the store's own errors into StoreFault; OperationalError (locked, full, I/O) stays
+    retryable in place."""
+    try:
+        yield
+    except sqlite3.OperationalError:
+        raise
+    except (sqlite3.DatabaseError, SchemaError) as exc:  # corrupt, not a database, constraint, schema
+        raise StoreFault(f"{type(exc).__name__}: {exc}") from exc
 
 
 @contextmanager
@@ -93,48 +122,59 @@ def _log_retry(state: RetryCallState) -> None:
                 getattr(call, "__qualname__", call), type(exc).__name__, exc, wait)  # fmt: skip
 
 
-def decode_batch(
-    items: Sequence[bytes], max_payload_bytes: int, batch_id: int
-) -> tuple[list[Decoded], list[bytes]]:
-    """Split raw elements into storable events and dead-letter entries (with their reasons)."""
-    good: list[Decoded] = []
-    dead: list[bytes] = []
-    keep = max_element_bytes(max_payload_bytes)  # a dead letter keeps only the head of a larger one
-    for raw in items:
-        try:
-            event, payload_json = decode(raw, max_payload_bytes)
-        except BadEvent as exc:
-            dead.append(deadletters.entry(raw, exc.code, exc.reason, batch_id, keep=keep))
-            continue
-        good.append(Decoded(event, payload_json))
-    return good, dead
-
-
 class Worker:
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
+        self._own_client = client is None
         self._redis = client or redis.Redis.from_url(
             settings.redis_url,
             socket_timeout=WAIT_SECONDS + 10,
             socket_connect_timeout=5,
             health_check_interval=30,
         )
-        self.queue = WorkQueue(self._redis, QueueKeys(settings.queue))
-        self.writer = StoreWriter(open_writer(settings.db, settings.sqlite_synchronous))
+        keys = QueueKeys(settings.queue)
+        self.lease = Lease(self._redis, keys, int(settings.heartbeat_ttl * 1000))
+        self.queue = WorkQueue(self._redis, keys, self.lease)
+        self._keep = max_element_bytes(settings.max_payload_bytes)
         self._stop = threading.Event()
         self._signals = 0
-        self._ttl_ms = int(settings.heartbeat_ttl * 1000)
         self._last_beat = 0.0
-        self._store_error: str | None = None  # why the last commit failed, while it keeps failing
+        self._store_error: str | None = None  # why the store cannot be written, while it cannot
         self._redis_full = False  # an idle wait was refused for want of memory
+        self._claimed: set[int] = set()  # slots claimed in this term and not yet acknowledged
         self.totals = {"ingested": 0, "duplicates": 0, "dead_lettered": 0, "batches": 0}
         self._retry_until_stop = self._retrying(stop_on_warm=True)
         self._retry_until_cold = self._retrying(stop_on_warm=False)
+        # Opened now, so that building a worker creates the store; a broken store is reported by run().
+        self._writer: StoreWriter | None = None
+        try:
+            self._open_store()
+        except StoreFault as exc:
+            self._store_error = str(exc)
+            log.error("cannot open the store %s: %s", settings.db, exc)
+
+    @property
+    def writer(self) -> StoreWriter:
+        """The store's writer, (re)opened on demand. Raises StoreFault if the store is broken."""
+        return self._writer or self._open_store()
+
+    def _open_store(self) -> StoreWriter:
+        with _store_faults():
+            self._writer = StoreWriter(open_writer(self.settings.db, self.settings.sqlite_synchronous))
+        return self._writer
+
+    def _close_store(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except sqlite3.Error:
+                log.debug("closing the broken store failed", exc_info=True)
+            self._writer = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Warm stop: finish and commit the batches in hand, then return from `run`."""
+        """Warm stop: finish and commit the batches in hand, give the lease up, return from `run`."""
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -148,20 +188,139 @@ class Worker:
             self.request_stop()
         else:
             # Cold stop, at once: an uncommitted transaction dies with the process, and the batches in
-            # hand stay in their processing slots for the next start.
+            # hand stay in their processing slots for the next worker.
             log.warning("second signal: stopping now")
             logging.shutdown()
             os._exit(128 + signum)
 
     def run(self) -> None:
-        """Consume until a warm stop."""
-        log.info("worker %s consuming %s into %s", os.getpid(), self.settings.queue, self.settings.db)
-        self._loop(until_empty=False)
+        """Stand by until the lease is free, then consume until a warm stop; stand by again if the
+        lease is lost."""
+        log.info("worker %s for %s into %s", self.lease.identity, self.settings.queue, self.settings.db)
+        try:
+            while self._stand_by():
+                try:
+                    self._term(until_empty=False)
+                except LeaseLost as exc:
+                    log.error("no longer the writer of %s (%s): standing by", self.settings.queue, exc)
+                    self._claimed.clear()
+        finally:
+            self.close()
         log.info("worker stopped after %s", self.totals)
 
     def drain(self) -> None:
-        """Consume until the queue is empty (benchmarks, tests, one-off catch-up)."""
-        self._loop(until_empty=True)
+        """Consume until the queue is empty (benchmarks, tests, one-off catch-up); keeps the lease.
+
+        Raises LeaseHeld if another worker is consuming the queue, StoreFault if the store is broken.
+        """
+        self._acquire()
+        self._term(until_empty=True)
+
+    def take_over(self) -> None:
+        """Become the writer now, without waiting: the lease (LeaseHeld if another worker has it), the
+        store, and what was left in flight. `step` and `drain` do it when needed."""
+        self._acquire()
+        self._retry(self._take_over_store)
+        self._retry(self.recover)
+
+    def close(self) -> None:
+        """Give the lease up (a standby takes over at once) and close the store and Redis client."""
+        self.lease.release()
+        self.lease.withdraw_standby()
+        self._close_store()
+        if self._own_client:
+            self._redis.close()
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- the lease -------------------------------------------------------------------------------
+
+    def _acquire(self) -> None:
+        if not self.lease.held and not self._retry(self.lease.try_acquire):
+            raise LeaseHeld(f"another worker consumes {self.settings.queue} ({self.lease.describe_holder()})")
+
+    def _stand_by(self) -> bool:
+        """Wait for the lease; True once this worker holds it, False after a warm stop."""
+        waiting = unreachable = False
+        while not self._stop.is_set():
+            try:
+                if self.lease.try_acquire():
+                    self.lease.withdraw_standby()
+                    if waiting:
+                        log.warning("took the lease on %s: now the writer", self.settings.queue)
+                    return True
+                self.lease.announce_standby()
+                if not waiting:
+                    log.warning("another worker consumes %s (%s): standing by to take over when its lease "
+                                "lapses", self.settings.queue, self.lease.describe_holder())  # fmt: skip
+                waiting, unreachable = True, False
+            except redis.RedisError as exc:
+                if not unreachable:
+                    log.warning("cannot reach Redis to take the lease (%s); retrying", exc)
+                unreachable = True
+            self._stop.wait(min(STANDBY_POLL, self.settings.heartbeat_ttl / 4))
+        return False
+
+    # --- a term: the lease held ------------------------------------------------------------------
+
+    def _term(self, *, until_empty: bool) -> None:
+        """Take the store over, recover, consume; through store faults, until a warm stop."""
+        backoff = FAULT_BACKOFF[0]
+        while not self._stop.is_set():
+            try:
+                try:
+                    self._retry(self._take_over_store)
+                    self._retry(self.recover)
+                    self._process_suspects()
+                    self._loop(until_empty=until_empty)
+                    return
+                except (redis.RedisError, sqlite3.OperationalError):
+                    if not self._stop.is_set():
+                        raise
+                    log.warning(
+                        "stopped while Redis or the store was unavailable; in-flight events stay in Redis"
+                    )
+                    return
+            except StoreFault as exc:
+                if until_empty:
+                    raise
+                self._wait_out_store_fault(exc, backoff)
+                backoff = min(backoff * 2, FAULT_BACKOFF[1])
+
+    def _take_over_store(self) -> None:
+        with _store_faults():
+            epoch = self.writer.take_over()
+        self._claimed.clear()
+        log.debug("took the store %s over (writer epoch %d)", self.settings.db, epoch)
+
+    def recover(self) -> None:
+        """Finish what was left in the processing slots (ingest/recovery.py)."""
+        recover(self.queue, self.writer, self.settings, self._ack)
+
+    def _wait_out_store_fault(self, exc: StoreFault, delay: float) -> None:
+        """Stop consuming for `delay` seconds, keeping the lease and saying why in the heartbeat."""
+        if self._store_error != str(exc):
+            log.error("cannot write the store %s (%s): consuming stops, events stay in Redis; retrying "
+                      "every few seconds", self.settings.db, exc)  # fmt: skip
+        self._store_error = str(exc)
+        # The claims of this term ended in a store fault, not in a crash: they are not the batch's.
+        self._retry(partial(self.queue.forgive, sorted(self._claimed)))
+        self._claimed.clear()
+        self._close_store()  # reopened by the next try: the file may have been replaced (a restore)
+        deadline = time.monotonic() + delay
+        while not self._stop.is_set():
+            self._retry(lambda: self.queue.beat(self._heartbeat()))
+            self._last_beat = time.monotonic()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop.wait(min(left, self.settings.heartbeat_ttl / 3))
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -170,38 +329,39 @@ class Worker:
 
         SQLite releases the GIL while it works, so the two overlap on two cores.
         """
-        try:
-            self._retry(self.recover)
-            self._isolate()
-            batch_id = self.writer.last_batch_id + 1
-            with (
-                ThreadPoolExecutor(1, thread_name_prefix="taskevents-writer") as writer,
-                _batch_gc() as after_batch,
-            ):
-                pending: Future[None] | None = None
-                try:
-                    while not self._stop.is_set():
-                        items = self._retry(partial(self.queue.claim, self.settings.batch_size, batch_id))
-                        if not items:
-                            pending = self._finish(pending)  # everything is acknowledged before blocking
-                            if until_empty:
-                                return
-                            self._beat_if_due()
-                            self._retry(partial(self._wait, batch_id))
-                            after_batch()  # retries while Redis is down make garbage too
-                            continue
-                        good, dead = decode_batch(items, self.settings.max_payload_bytes, batch_id)
-                        pending = self._finish(pending)
-                        pending = writer.submit(self._store, batch_id, good, dead)
-                        batch_id += 1
-                        del items, good, dead
-                        after_batch()
-                finally:
-                    self._finish(pending)
-        except (redis.RedisError, sqlite3.OperationalError):
-            if not self._stop.is_set():
+        batch_id = self.writer.last_batch_id + 1
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="taskevents-writer") as writer,
+            _batch_gc() as after_batch,
+        ):
+            pending: Future[None] | None = None
+            try:
+                while not self._stop.is_set():
+                    claim = self._retry(partial(self._claim, self.settings.batch_size, batch_id))
+                    if claim is None:
+                        pending = self._finish(pending)  # everything is acknowledged before blocking
+                        if self._store_error is not None:
+                            log.warning("the store %s takes writes again", self.settings.db)
+                            self._store_error = None  # taken over, recovered, nothing left to commit
+                        if until_empty:
+                            return
+                        self._beat_if_due()
+                        self._retry(self._wait)
+                        after_batch()  # retries while Redis is down make garbage too
+                        continue
+                    good, dead = decode_batch(claim.items, self.settings.max_payload_bytes)
+                    pending = self._finish(pending)
+                    pending = writer.submit(self._store, claim, good, dead)
+                    batch_id += 1
+                    del claim, good, dead
+                    after_batch()
+                pending = self._finish(pending)
+            except BaseException as exc:
+                # The writer thread is waited for by the executor's exit; what it raised besides this
+                # error is only logged (the lease lost, or the store broken, ends both the same way).
+                if pending is not None:
+                    pending.add_done_callback(partial(_log_failure, exc))
                 raise
-            log.warning("stopped while Redis or the store was unavailable; in-flight events stay in Redis")
 
     def _finish(self, pending: "Future[None] | None") -> None:
         """Wait for a batch handed to the writer thread; its exception, if any, is raised here.
@@ -214,15 +374,21 @@ class Worker:
                 return pending.result(timeout=self.settings.heartbeat_ttl / 3)
             except TimeoutError:
                 try:
-                    self.queue.beat(self._heartbeat(), self._ttl_ms)
+                    self.queue.beat(self._heartbeat())
                 except redis.RedisError:
                     pass  # Redis is down too: the writer's retries wait for it
         return None
 
-    def _wait(self, batch_id: int) -> None:
+    def _claim(self, size: int, batch_id: int) -> Claim | None:
+        claim = self.queue.claim(size, batch_id)
+        if claim is not None:
+            self._claimed.add(claim.slot)
+        return claim
+
+    def _wait(self) -> None:
         """Block on the empty queue for up to WAIT_SECONDS."""
         try:
-            self.queue.wait(WAIT_SECONDS, batch_id)
+            self.queue.wait(WAIT_SECONDS)
         except redis.OutOfMemoryError as exc:
             # Redis is full of something else and refuses the blocking move: pause instead, and go
             # on looping (its claims and heartbeats work at OOM), so the health check stays true.
@@ -233,53 +399,7 @@ class Worker:
         else:
             self._redis_full = False
 
-    def recover(self) -> None:
-        """Finish what a previous worker left in the processing slots.
-
-        Committed batches are acknowledged. The others are processed again by the loop, unless they
-        have crashed the worker `max_attempts` times: then a batch's events are put back to be
-        retried one at a time (`_isolate`), and a suspect event that has is dead-lettered.
-        """
-        left = [x for x in self.queue.in_flight() if x.items]
-        suspects = self.queue.suspects() > 0  # then what is in flight is one suspect event
-        uncommitted: list[InFlight] = []
-        for x in left:
-            if x.batch_id is not None and x.batch_id <= self.writer.last_batch_id:
-                log.warning("batch %s (%d events) was committed but not acknowledged: acknowledging",
-                            x.batch_id, len(x.items))  # fmt: skip
-                _, dead = decode_batch(x.items, self.settings.max_payload_bytes, x.batch_id)
-                done = len(x.items) if suspects else 0
-                self._retry(partial(self._ack, CommitResult(x.batch_id), dead, suspects_done=done))
-            else:
-                uncommitted.append(x)
-        if not uncommitted:
-            return
-        attempts = max(x.attempts for x in uncommitted)
-        count = sum(len(x.items) for x in uncommitted)
-        if attempts < self.settings.max_attempts:
-            log.warning("%d events were taken but not committed (attempt %d of %d): processing them again",
-                        count, attempts, self.settings.max_attempts)  # fmt: skip
-        elif count == 1:  # it alone was in flight each time the worker died
-            self._dead_letter_poison(uncommitted[0], suspect=suspects)
-        else:
-            # Batch order: a slot without a batch id holds the next batch (an idle worker's wait()).
-            following = self.writer.last_batch_id + 1
-            order = sorted(uncommitted, key=lambda x: following if x.batch_id is None else x.batch_id)
-            moved = self.queue.isolate([x.slot for x in order])
-            log.error("%d events crashed the worker %d times: retrying them one at a time to find why",
-                      moved, attempts)  # fmt: skip
-
-    def _dead_letter_poison(self, left: InFlight, *, suspect: bool) -> None:
-        raw = left.items[0]
-        # Never committed: the next batch reuses the id (and the slot).
-        batch_id = left.batch_id if left.batch_id is not None else self.writer.last_batch_id + 1
-        log.error("an event crashed the worker %d times on its own: dead-lettered as poison: %r",
-                  left.attempts, raw[:200])  # fmt: skip
-        reason = f"crashed the worker {left.attempts} times (TASKEVENTS_MAX_ATTEMPTS)"
-        dead = [deadletters.entry(raw, "poison", reason, batch_id)]
-        self._retry(partial(self._ack, CommitResult(batch_id), dead, suspects_done=int(suspect)))
-
-    def _isolate(self) -> None:
+    def _process_suspects(self) -> None:
         """Process suspect events one at a time, without overlap, so that a crash names its event."""
         while not self._stop.is_set() and self._retry(self.queue.suspects) > 0:
             if not self._step(1, suspects=True):
@@ -288,34 +408,37 @@ class Worker:
 
     def step(self) -> bool:
         """Claim, commit and acknowledge one batch, without overlap. False when the queue was empty."""
+        if not self.lease.held:
+            self.take_over()
         if self._retry(self.queue.suspects) > 0:
             return self._step(1, suspects=True)
         return self._step(self.settings.batch_size, suspects=False)
 
     def _step(self, size: int, *, suspects: bool) -> bool:
-        batch_id = self.writer.last_batch_id + 1
-        items = self._retry(partial(self.queue.claim, size, batch_id))
-        if not items:
+        claim = self._retry(partial(self._claim, size, self.writer.last_batch_id + 1))
+        if claim is None:
             return False
-        good, dead = decode_batch(items, self.settings.max_payload_bytes, batch_id)
-        self._store(batch_id, good, dead, suspects=len(items) if suspects else 0)
+        good, dead = decode_batch(claim.items, self.settings.max_payload_bytes)
+        self._store(claim, good, dead, suspects=len(claim.items) if suspects else 0)
         return True
 
-    def _store(self, batch_id: int, good: list[Decoded], dead: list[bytes], suspects: int = 0) -> None:
-        result = self._retry(partial(self._commit, batch_id, good), cold_only=True)
-        self._retry(partial(self._ack, result, dead, suspects_done=suspects))
+    def _store(self, claim: Claim, good: list[Decoded], dead: list[DeadMark], suspects: int = 0) -> None:
+        result = self._retry(partial(self._commit, claim.batch_id, good, dead), cold_only=True)
+        entries = dead_letters(claim.items, result)
+        self._retry(partial(self._ack, claim.slot, result, entries, suspects))
 
-    def _commit(self, batch_id: int, good: list[Decoded]) -> CommitResult:
+    def _commit(self, batch_id: int, good: list[Decoded], dead: list[DeadMark]) -> CommitResult:
         """One commit attempt; while they fail, the heartbeat says why (`store_error`)."""
         try:
-            result = self.writer.commit(batch_id, good)
+            with _store_faults():
+                result = self.writer.commit(batch_id, good, dead, keep=self._keep)
         except sqlite3.OperationalError as exc:  # locked, disk full, I/O error: retried by the caller
             if self._store_error is None:
                 log.error("cannot commit batch %s to %s (%s): its events stay in Redis; retrying",
                           batch_id, self.settings.db, exc)  # fmt: skip
             self._store_error = str(exc)
             try:
-                self.queue.beat(self._heartbeat(), self._ttl_ms)
+                self.queue.beat(self._heartbeat())
             except redis.RedisError:
                 pass  # the report is best effort; the retry is not
             raise
@@ -324,7 +447,7 @@ class Worker:
             self._store_error = None
         return result
 
-    def _ack(self, result: CommitResult, dead: list[bytes], *, suspects_done: int = 0) -> None:
+    def _ack(self, slot: int, result: CommitResult, dead: list[bytes], suspects_done: int = 0) -> None:
         counters = {
             "ingested": result.stored,
             "duplicates": result.duplicates,
@@ -334,14 +457,14 @@ class Worker:
         announce = {"batch": result.batch_id, "tasks": result.tasks} if result.tasks else None
         totals = {name: self.totals[name] + value for name, value in counters.items()}
         self.queue.ack(
-            result.batch_id,
+            slot,
             dead=dead,
             counters=counters,
             heartbeat=self._heartbeat(totals),
-            heartbeat_ttl_ms=self._ttl_ms,
             announce=announce,
             suspects_done=suspects_done,
         )
+        self._claimed.discard(slot)
         self.totals = totals
         self._last_beat = time.monotonic()
         if dead:
@@ -360,7 +483,7 @@ class Worker:
 
     def _beat_if_due(self) -> None:
         if time.monotonic() - self._last_beat >= self.settings.heartbeat_ttl / 3:
-            self._retry(lambda: self.queue.beat(self._heartbeat(), self._ttl_ms))
+            self._retry(lambda: self.queue.beat(self._heartbeat()))
             self._last_beat = time.monotonic()
 
     def _retry(self, call: Callable[[], T], *, cold_only: bool = False) -> T:
@@ -380,3 +503,9 @@ class Worker:
             before_sleep=_log_retry,
             reraise=True,
         )
+
+
+def _log_failure(raised: BaseException, future: "Future[None]") -> None:
+    exc = future.exception()
+    if exc is not None and exc is not raised:
+        log.warning("the batch being committed failed too: %s: %s", type(exc).__name__, exc)

@@ -1,7 +1,9 @@
 """Commits a batch of decoded events to SQLite: dedup by event_uid, per-task seq, summaries.
 
-The worker is the store's only writer, so the seq it assigns cannot race with anyone. Everything a
-batch changes (events, task and span summaries, the batch id) commits in one transaction.
+The worker is the store's only writer, so the seq it assigns cannot race with anyone: it holds the
+queue's lease (ingest/lease.py), and `take_over` bumps the store's writer epoch, which every commit
+checks inside its transaction, so a deposed worker cannot commit. Everything a batch changes (events,
+task and span summaries, the batch id and its record) commits in one transaction.
 """
 
 import functools
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from ingest.lease import LeaseLost
 from ingest.walcap import WalCap
 from shared.clock import format_ms
 from shared.event import SPAN_CLOSERS, SPAN_OPENERS, WireEvent
@@ -24,13 +27,59 @@ class Decoded:
     payload_json: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class DeadMark:
+    """An element of a claimed batch that is set aside instead of stored, and why."""
+
+    index: int  # its position in the batch as claimed
+    code: str
+    reason: str
+
+
 @dataclass(slots=True)
 class CommitResult:
+    """What a batch did. Stored with the batch (`ingest_state.last_batch`), so that a worker that
+    acknowledges it after a crash sets aside, counts and announces exactly what its committer would
+    have, whatever its own settings."""
+
     batch_id: int
     stored: int = 0
     duplicates: int = 0
     # task_id -> (first seq, last seq) written by this batch; what the live stream announces.
     tasks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    dead: list[DeadMark] = field(default_factory=list)
+    dead_at: str = ""  # when the dead letters were made
+    keep: int | None = None  # the bytes a dead letter keeps whole (max_element_bytes at the time)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "batch_id": self.batch_id,
+                "stored": self.stored,
+                "duplicates": self.duplicates,
+                "tasks": self.tasks,
+                "dead": [[m.index, m.code, m.reason] for m in self.dead],
+                "dead_at": self.dead_at,
+                "keep": self.keep,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> "CommitResult":
+        r = orjson.loads(data)
+        return cls(
+            int(r["batch_id"]),
+            int(r["stored"]),
+            int(r["duplicates"]),
+            {str(t): (int(a), int(b)) for t, (a, b) in r["tasks"].items()},
+            [DeadMark(int(i), str(code), str(reason)) for i, code, reason in r["dead"]],
+            str(r["dead_at"]),
+            None if r["keep"] is None else int(r["keep"]),
+        )
+
+
+class StoreFenced(LeaseLost):
+    """Another worker has taken the store over since this one did: its commit was refused."""
 
 
 @dataclass(slots=True)
@@ -127,19 +176,64 @@ class StoreWriter:
         # task_id -> latest committed seq. Bounded: cleared when full, refilled from `tasks` on demand.
         self._latest: dict[str, int] = {}
         self._cache_size = seq_cache_size
-        self.last_batch_id: int = conn.execute("SELECT last_batch_id FROM ingest_state").fetchone()[0]
+        self.epoch: int | None = None  # set by take_over(); commits need it
+        self.last_batch_id, self.last_batch = self._committed(
+            conn.execute("SELECT last_batch_id, last_batch FROM ingest_state").fetchone()
+        )
         self.wal_cap = WalCap(conn)
 
-    def commit(self, batch_id: int, batch: Sequence[Decoded]) -> CommitResult:
-        """Store the batch and record `batch_id` as committed, all or nothing.
+    @staticmethod
+    def _committed(row: tuple[int, str | None]) -> tuple[int, CommitResult | None]:
+        last_id, record = row
+        return last_id, CommitResult.from_json(record) if record is not None else None
 
-        Raises sqlite3.Error (locked, disk full, …) with nothing written; the caller retries.
-        """
+    def take_over(self) -> int:
+        """Become the store's writer: bump its writer epoch, which refuses every later commit of a
+        writer that took over before, and reload what the store has committed. Returns the epoch."""
         conn = self._conn
-        result = CommitResult(batch_id)
-        created_at = format_ms(time.time_ns())
         conn.execute("BEGIN IMMEDIATE")
         try:
+            epoch, last_id, record = conn.execute(
+                "UPDATE ingest_state SET writer_epoch = writer_epoch + 1 "
+                "RETURNING writer_epoch, last_batch_id, last_batch"
+            ).fetchone()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.epoch = epoch
+        self.last_batch_id, self.last_batch = self._committed((last_id, record))
+        self._latest.clear()  # another writer may have committed since this cache was filled
+        return epoch
+
+    def commit(
+        self,
+        batch_id: int,
+        batch: Sequence[Decoded],
+        dead: Sequence[DeadMark] = (),
+        *,
+        keep: int | None = None,
+    ) -> CommitResult:
+        """Store the batch and record `batch_id` as committed, with what it did, all or nothing.
+
+        `dead`: the batch's elements set aside (their dead letters are written at acknowledgement).
+        Raises StoreFenced if another writer took the store over, sqlite3.Error (locked, disk full,
+        corrupt, …) with nothing written.
+        """
+        if self.epoch is None:
+            raise StoreFenced("take_over() the store before committing to it")
+        conn = self._conn
+        created_at = format_ms(time.time_ns())  # the whole batch's, and its dead letters'
+        result = CommitResult(batch_id, dead=list(dead), dead_at=created_at, keep=keep)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Inside the write transaction, so no other writer can take over between check and commit.
+            (epoch,) = conn.execute("SELECT writer_epoch FROM ingest_state").fetchone()
+            if epoch != self.epoch:
+                raise StoreFenced(
+                    f"another worker took the store over (epoch {epoch}; ours was {self.epoch})"
+                )
             fresh = self._drop_duplicates(batch)
             result.duplicates = len(batch) - len(fresh)
             latest = self._load_latest({d.event.task_id for d in fresh})
@@ -149,7 +243,12 @@ class StoreWriter:
                 conn.execute(_insert_events_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
             self._write_tasks(task_changes, created_at)
             self._write_spans(span_changes.values(), created_at)
-            conn.execute("UPDATE ingest_state SET last_batch_id = ?", (batch_id,))
+            result.stored = len(rows)
+            result.tasks = {t: (c.first_seq, c.last_seq) for t, c in task_changes.items()}
+            conn.execute(
+                "UPDATE ingest_state SET last_batch_id = ?, last_batch = ?",
+                (batch_id, result.to_json().decode()),
+            )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -160,11 +259,12 @@ class StoreWriter:
             self._latest.clear()
         for task_id, change in task_changes.items():
             self._latest[task_id] = change.last_seq
-            result.tasks[task_id] = (change.first_seq, change.last_seq)
-        result.stored = len(rows)
-        self.last_batch_id = batch_id
+        self.last_batch_id, self.last_batch = batch_id, result
         self.wal_cap.after_commit()
         return result
+
+    def close(self) -> None:
+        self._conn.close()
 
     def _drop_duplicates(self, batch: Sequence[Decoded]) -> list[Decoded]:
         """Events whose event_uid is already stored, or repeated in this batch, are stored once."""

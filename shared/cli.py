@@ -10,9 +10,8 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
-from shared.settings import Settings
+from shared.settings import Settings, build
 
 ENTRY_POINT_GROUP = "taskevents.commands"
 
@@ -38,8 +37,8 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
             k: v for k, v in {"redis_url": redis_url, "db": db, "queue": queue}.items() if v is not None
         }
         try:
-            settings = Settings(**overrides)
-        except ValidationError as exc:
+            settings = build(Settings, **overrides)
+        except ValueError as exc:
             raise click.UsageError(f"bad settings: {exc}") from None
         configure_logging(settings.log_level)
         return func(settings=settings, **kwargs)

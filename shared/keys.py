@@ -40,7 +40,18 @@ class QueueKeys:
 
     @property
     def heartbeat(self) -> str:
+        """The active worker's state (pid, host, counters, store_error), living TASKEVENTS_HEARTBEAT_TTL."""
         return f"{self.queue}:worker:heartbeat"
+
+    @property
+    def lease(self) -> str:
+        """The token of the one worker allowed to consume the queue; it lapses unless refreshed."""
+        return f"{self.queue}:worker:lease"
+
+    @property
+    def standbys(self) -> str:
+        """Sorted set of the workers waiting for the lease, scored by when their entry expires (ms)."""
+        return f"{self.queue}:worker:standbys"
 
     @property
     def stats(self) -> str:

@@ -67,27 +67,48 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     INSERT INTO ingest_state (id, last_batch_id) VALUES (1, 0);
     """,
+    """
+    -- The single writer, fenced: a worker that takes the queue's lease bumps writer_epoch, and every
+    -- commit checks the epoch it started with, so a deposed worker's commit is refused.
+    ALTER TABLE ingest_state ADD COLUMN writer_epoch INTEGER NOT NULL DEFAULT 0;
+    -- What the last committed batch did (counts, task ranges, which elements were dead-lettered and
+    -- why), so that a worker acknowledging it after a crash does exactly what its committer would have.
+    ALTER TABLE ingest_state ADD COLUMN last_batch TEXT;
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
+class SchemaError(Exception):
+    """The store's schema is not one this code can write (a newer version)."""
+
+
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to SCHEMA_VERSION, each step in its own transaction. Returns the version."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(f"store schema is version {version}, newer than this code ({SCHEMA_VERSION})")
-    for target in range(version + 1, SCHEMA_VERSION + 1):
+    """Bring the schema to SCHEMA_VERSION, each step in its own transaction. Returns the version.
+
+    The version is read inside each step's write transaction, so two workers starting at once on a
+    new store never both run a step. Raises SchemaError for a schema newer than this code.
+    """
+    while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(MIGRATIONS[target - 1]):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaError(
+                    f"store schema is version {version}, newer than this code ({SCHEMA_VERSION})"
+                )
+            if version == SCHEMA_VERSION:
+                conn.execute("COMMIT")
+                return SCHEMA_VERSION
+            for statement in _statements(MIGRATIONS[version]):
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-    return SCHEMA_VERSION
 
 
 def _statements(script: str) -> list[str]:

@@ -1,25 +1,84 @@
-"""Process settings, read from TASKEVENTS_* environment variables when a process starts."""
+"""Process settings, read from TASKEVENTS_* environment variables when an object or process starts.
 
+`ProducerSettings` holds what a runner's emitter reads; `Settings` (every process of the service)
+adds the rest. Each field's default is written once, here: the emitter, the tail client and the
+commands take a value they were not given from the environment through these classes, never from a
+keyword default of their own.
+"""
+
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.connection import parse_url
+
+ENV_PREFIX = "TASKEVENTS_"
 
 
-class Settings(BaseSettings):
-    """Built once per process (`Settings()`) and passed down; nothing reads the environment at import."""
+def check_redis_url(url: str) -> str:
+    """The URL as redis-py will read it, or ValueError: a mistake fails where it is made, not in a
+    background thread later (`localhost:6379` without `redis://` is the usual one)."""
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"not a Redis URL ({exc}): {url!r}") from None
+    path = urlsplit(url).path.strip("/")
+    if url.startswith(("redis://", "rediss://")) and path and not path.isdigit():
+        raise ValueError(f"not a Redis URL (the database must be a number, not {path!r}): {url!r}")
+    return url
 
-    model_config = SettingsConfigDict(env_prefix="TASKEVENTS_", frozen=True, extra="ignore")
+
+def check_http_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
+        raise ValueError(f"not an http:// or https:// URL: {url!r}")
+    return url.rstrip("/")
+
+
+class ProducerSettings(BaseSettings):
+    """What an emitter needs: where to push and how much to keep. Built when an Emitter is."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     redis_url: str = Field("redis://localhost:6379/0", description="Redis holding the queue.")
-    db: Path = Field(Path("taskevents.db"), description="SQLite file of the store.")
     queue: str = Field("taskevents:events", min_length=1, description="Redis list the producers push to.")
-    batch_size: int = Field(
-        5000, ge=1, le=20_000, description="Most events the worker commits in one transaction."
-    )
     max_payload_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest payload accepted, as serialized JSON bytes."
+    )
+    emitter_buffer: int = Field(
+        100_000, ge=1, description="Events an emitter keeps while Redis is unreachable."
+    )
+    flush_timeout: float = Field(5.0, ge=0, description="Seconds an emitter may spend flushing at exit.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return check_redis_url(value)
+
+
+class ApiClientSettings(BaseSettings):
+    """What a client of the read API needs (the tail client)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    api_url: str = Field(
+        "http://127.0.0.1:8000", description="The API `taskevents tail` and `TaskTail` read."
+    )
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        return check_http_url(value)
+
+
+class Settings(ProducerSettings, ApiClientSettings):
+    """Built once per process (`Settings()`) and passed down; nothing reads the environment at import."""
+
+    db: Path = Field(Path("taskevents.db"), description="SQLite file of the store.")
+    batch_size: int = Field(
+        5000, ge=1, le=20_000, description="Most events the worker commits in one transaction."
     )
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL",
@@ -32,14 +91,23 @@ class Settings(BaseSettings):
         description="Worker crashes a batch may cause before its events are retried one at a time "
         "(and one event alone, before it is dead-lettered as `poison`).",
     )
-    emitter_buffer: int = Field(
-        100_000, ge=1, description="Events an emitter keeps while Redis is unreachable."
-    )
-    flush_timeout: float = Field(5.0, ge=0, description="Seconds an emitter may spend flushing at exit.")
     heartbeat_ttl: float = Field(
-        10.0, gt=0, description="Seconds the worker heartbeat lives; `ingest --check` fails after it."
+        5.0,
+        gt=0,
+        description="Seconds the worker's heartbeat and lease live: `ingest --check` fails, and a standby "
+        "takes over, this long after the worker stops refreshing them.",
     )
     log_level: str = Field("INFO", description="Python logging level name.")
+    # The read API (api/).
+    query_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds one read of the API may run before it is stopped (503 `query_timeout`).",
+    )
+    api_host: str = Field(
+        "127.0.0.1", min_length=1, description="Address `taskevents api` listens on (compose: 0.0.0.0)."
+    )
+    api_port: int = Field(8000, ge=0, le=65535, description="Port `taskevents api` listens on.")
     # The live stream (api/live.py, api/stream.py).
     stream_buffer: int = Field(
         1000, ge=1, description="Events a live client may have queued; past it, it catches up from the store."
@@ -61,3 +129,33 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds without a notification after which streamed tasks are checked in the store.",
     )
+    # Local runs only.
+    redis_dir: Path = Field(
+        Path("data/redis"), description="Where `taskevents redis` keeps its append-only file."
+    )
+
+
+def settings_error(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:
+    """`redis_url (TASKEVENTS_REDIS_URL): not a Redis URL …; …`: one clause per malformed setting,
+    named as the caller's argument (`names` maps setting -> argument) and as its variable."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        arg = (names or {}).get(field, field)
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{arg} ({ENV_PREFIX}{field.upper()}): {msg}")
+    return "; ".join(parts)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def build(cls: type[S], names: Mapping[str, str] | None = None, **given: Any) -> S:
+    """`cls` from the environment, with the arguments that were given (not None) winning.
+
+    Raises ValueError naming the setting when a value, given or from the environment, is malformed.
+    """
+    try:
+        return cls(**{name: value for name, value in given.items() if value is not None})
+    except ValidationError as exc:
+        raise ValueError(settings_error(exc, names)) from None

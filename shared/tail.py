@@ -1,6 +1,6 @@
 """Tail a task's live stream from Python, with EventSource semantics: resume, reconnect, stop at the end.
 
-    for event in TaskTail("http://127.0.0.1:8000", "t-42"):
+    for event in TaskTail("t-42", url="http://127.0.0.1:8000"):  # url: TASKEVENTS_API_URL if left out
         print(event["seq"], event["event_type"])
 
 It reads the API's Server-Sent Events (`GET /sse/tasks/{task_id}/events`). After a dropped connection,
@@ -21,6 +21,8 @@ from urllib.parse import quote
 import httpx
 import orjson
 from httpx_sse import SSEError, connect_sse
+
+from shared.settings import ApiClientSettings, build
 
 log = logging.getLogger("taskevents.tail")
 
@@ -43,15 +45,17 @@ class TaskTail:
 
     def __init__(
         self,
-        base_url: str,
         task_id: str,
         since_seq: int | None = None,
         *,
+        url: str | None = None,
         max_backoff: float = 30.0,
         read_timeout: float = READ_TIMEOUT,
         client: httpx.Client | None = None,
     ) -> None:
-        self.url = f"{base_url.rstrip('/')}/sse/tasks/{quote(task_id, safe='')}/events"
+        """`url`: the API's base URL; left out, `TASKEVENTS_API_URL` (read now). ValueError if malformed."""
+        base_url = build(ApiClientSettings, api_url=url).api_url
+        self.url = f"{base_url}/sse/tasks/{quote(task_id, safe='')}/events"
         self.task_id = task_id
         self.since_seq = since_seq
         self.last_seq: int | None = None  # the seq of the last event yielded
@@ -131,8 +135,6 @@ def _raise_for(response: httpx.Response) -> None:
     raise TailError(response.status_code, code, detail)
 
 
-def tail(
-    base_url: str, task_id: str, since_seq: int | None = None, **options: Any
-) -> Iterator[dict[str, Any]]:
+def tail(task_id: str, since_seq: int | None = None, **options: Any) -> Iterator[dict[str, Any]]:
     """The task's events after `since_seq` (all of them if None), until its runner exits."""
-    return iter(TaskTail(base_url, task_id, since_seq, **options))
+    return iter(TaskTail(task_id, since_seq, **options))

@@ -5,29 +5,21 @@ import sys
 import click
 import orjson
 
-from shared.cli import configure_logging
+from shared.cli import configure_logging, env_help
 from shared.tail import TailError, TaskTail
 
-_EPILOG = """\b
-Environment:
-  TASKEVENTS_API_URL           the read API's base URL (default: http://127.0.0.1:8000)
-  TASKEVENTS_LOG_LEVEL         logging level (default: WARNING here; INFO logs each reconnect)"""
 
-
-@click.command("tail", epilog=_EPILOG)
+@click.command(
+    "tail",
+    epilog=env_help("api_url") + f"\n  {'TASKEVENTS_LOG_LEVEL':<31} logging level (default: WARNING here)",
+)
 @click.argument("task_id")
 @click.option(
     "--since-seq", type=click.IntRange(min=0), help="Start after this seq (default: the task's first event)."
 )
-@click.option(
-    "--url",
-    envvar="TASKEVENTS_API_URL",
-    default="http://127.0.0.1:8000",
-    show_default=True,
-    help="Base URL of the read API.",
-)
+@click.option("--url", help="Base URL of the read API (overrides TASKEVENTS_API_URL).")
 @click.option("--log-level", envvar="TASKEVENTS_LOG_LEVEL", default="WARNING", hidden=True)
-def tail_command(task_id: str, since_seq: int | None, url: str, log_level: str) -> None:
+def tail_command(task_id: str, since_seq: int | None, url: str | None, log_level: str) -> None:
     """Follow TASK_ID's live stream: one JSON event per line on stdout.
 
     Replays the task's stored events, then prints new ones as the worker commits them. Reconnects by
@@ -36,7 +28,10 @@ def tail_command(task_id: str, since_seq: int | None, url: str, log_level: str) 
     A task that has no events yet is waited for (see the README, "Live stream").
     """
     configure_logging(log_level)
-    stream = TaskTail(url, task_id, since_seq)
+    try:
+        stream = TaskTail(task_id, since_seq, url=url)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     out = sys.stdout.buffer
     try:
         for event in stream:

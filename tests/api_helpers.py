@@ -43,7 +43,8 @@ def ingest(settings: Settings, emit: Callable[[Emitter], Any]) -> None:
     """`emit(emitter)` produces events; they go to Redis and through the real worker into the store."""
     with emitter(settings) as em:
         emit(em)
-    Worker(settings).drain()
+    with Worker(settings) as worker:
+        worker.drain()
 
 
 def stored(settings: Settings, *events: dict[str, Any]) -> None:

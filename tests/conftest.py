@@ -4,12 +4,13 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 
 from ingest.localredis import RedisServer, find_redis_server
+from ingest.worker import Worker
 from shared.settings import Settings
 from tests.helpers import reap_workers
 
@@ -30,9 +31,21 @@ def _need_redis_server() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_worker_left_behind() -> Iterator[None]:
+def _no_worker_left_behind(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Worker processes a test started are killed, and in-process workers closed (their lease given
+    up, their renewing thread stopped), even when the test fails."""
+    made: list[Worker] = []
+    init = Worker.__init__
+
+    def recording_init(self: Worker, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Worker, "__init__", recording_init)
     yield
     reap_workers()
+    for worker in made:
+        worker.close()
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ isolating, dead-lettering `poison`) is the generic one any crash meets.
 import os
 import signal
 from collections.abc import Sequence
+from typing import Any
 
 from ingest.cli import ingest_command
 from ingest.writer import CommitResult, Decoded, StoreWriter
@@ -18,14 +19,16 @@ from ingest.writer import CommitResult, Decoded, StoreWriter
 _commit = StoreWriter.commit
 
 
-def _crashing_commit(self: StoreWriter, batch_id: int, batch: Sequence[Decoded]) -> CommitResult:
+def _crashing_commit(
+    self: StoreWriter, batch_id: int, batch: Sequence[Decoded], *args: Any, **kw: Any
+) -> CommitResult:
     for d in batch:
         how = d.event.payload.get("__crash__")
         if how == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif how == "raise":
             raise RuntimeError(f"injected fault: event {d.event.event_uid}")
-    return _commit(self, batch_id, batch)
+    return _commit(self, batch_id, batch, *args, **kw)
 
 
 if __name__ == "__main__":

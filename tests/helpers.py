@@ -28,9 +28,14 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 started_workers: list[subprocess.Popen[bytes]] = []
 
 
-def start_worker(settings: Settings, **extra: str) -> subprocess.Popen[bytes]:
-    """The real worker, as `python -m ingest`, in a process of its own."""
-    proc = subprocess.Popen([sys.executable, "-m", "ingest"], env=worker_env(settings, **extra))
+def start_worker(settings: Settings, *, log: Path | None = None, **extra: str) -> subprocess.Popen[bytes]:
+    """The real worker, as `python -m ingest`, in a process of its own; its stderr to `log` if given."""
+    command = [sys.executable, "-m", "ingest"]
+    if log is None:
+        proc = subprocess.Popen(command, env=worker_env(settings, **extra))
+    else:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(command, env=worker_env(settings, **extra), stderr=out)
     started_workers.append(proc)
     return proc
 

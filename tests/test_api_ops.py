@@ -17,6 +17,7 @@ import pytest
 from api.store import ReadStore
 from ingest.localredis import RedisServer, free_port
 from ingest.worker import Worker
+from shared.schema import SCHEMA_VERSION
 from shared.settings import Settings
 from tests.api_helpers import TestClient, api_client, emitter, stored
 from tests.helpers import start_worker, wait_for
@@ -48,7 +49,7 @@ def test_ready_reports_store_redis_queue_and_worker(settings: Settings, api_http
         em.emit("t", "runner_heartbeat", span_id="r", actor="runner")
     body = api_http.get("/api/ready").json()
     assert body["status"] == "ready" and body["code"] is None
-    assert body["store"] == body["store"] | {"ok": True, "schema_version": 1}
+    assert body["store"] == body["store"] | {"ok": True, "schema_version": SCHEMA_VERSION}
     assert body["store"]["last_commit_at"].endswith("Z")
     assert body["queue"] == {"depth": 2, "in_flight": 0, "dead_letters": 0}
     worker = body["worker"]

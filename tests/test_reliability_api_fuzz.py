@@ -62,7 +62,8 @@ def _seed(settings: Settings) -> None:
             )
             if task != "fuzz-running":
                 em.emit(task, "runner_exit", span_id=root, actor="runner", payload={"exit_code": 0})
-    Worker(settings).drain()
+    with Worker(settings) as worker:
+        worker.drain()
 
 
 def _settings(redis_server: RedisServer, db: Path) -> Settings:

@@ -185,7 +185,7 @@ def _check_every_reader(lv: Live, http: httpx.Client, emitted: dict[str, list[di
         with connect_sse(http, "GET", f"{path.replace('/api/tasks', '/sse/tasks')}/events") as source:
             parsed = [strict(s.data.encode()) for s in source.iter_sse() if s.event == "task_event"]
         assert parsed == page["events"]
-        tail = TaskTail(lv.url, task, since_seq=0)
+        tail = TaskTail(task, since_seq=0, url=lv.url)
         assert list(tail) == page["events"] and tail.end is not None and tail.end["last_seq"] == n
 
         ws_url = lv.url.replace("http://", "ws://") + path.replace("/api/tasks", "/ws/tasks") + "/events"

@@ -158,10 +158,15 @@ def test_leftovers_are_not_topped_up_past_the_next_batch(settings: Settings, cli
 
     push(0, 300)
     crashed = Worker(settings)
-    assert len(crashed.queue.claim(1000, 1)) == 300  # batch 1: all the queue had
+    crashed.take_over()
+    first = crashed.queue.claim(1000, 1)
+    assert first is not None and len(first.items) == 300  # batch 1: all the queue had
     push(300, 800)
-    assert len(crashed.queue.claim(1000, 2)) == 500  # batch 2, claimed while 1 commits; then a crash
+    second = crashed.queue.claim(1000, 2)  # batch 2, claimed while 1 commits; then a crash
+    assert second is not None and len(second.items) == 500
     push(800, 1000)
-    Worker(settings).drain()
+    client.delete(QueueKeys(settings.queue).lease)  # the dead worker's lease lapses
+    with Worker(settings) as worker:
+        worker.drain()
     order = rows(settings.db, "SELECT json_extract(payload, '$.i') FROM task_events ORDER BY seq")
     assert [i for (i,) in order] == list(range(1000))

@@ -26,7 +26,7 @@ TASKEVENTS = str(Path(sys.executable).with_name("taskevents"))  # the installed 
 def test_the_tail_client_reconnects_by_itself_when_the_server_goes_away(settings: Settings) -> None:
     quick = settings.model_copy(update={"stream_retry_ms": 200})
     with live(quick) as lv:
-        stream = TaskTail(lv.url, "tc", max_backoff=1.0)
+        stream = TaskTail("tc", url=lv.url, max_backoff=1.0)
         got: list[dict[str, Any]] = []
         follower = threading.Thread(target=lambda: got.extend(e for e in stream), daemon=True)
         follower.start()
@@ -58,9 +58,9 @@ def test_the_tail_client_starts_after_since_seq_and_refuses_a_400(settings: Sett
         lv.exit("ts")
         lv.flush()
         lv.wait_stored("ts", 10)
-        assert [e["seq"] for e in TaskTail(lv.url, "ts", since_seq=7)] == [8, 9, 10]
+        assert [e["seq"] for e in TaskTail("ts", since_seq=7, url=lv.url)] == [8, 9, 10]
         with pytest.raises(TailError) as refused:
-            list(TaskTail(lv.url, "x" * 200))
+            list(TaskTail("x" * 200, url=lv.url))
         assert refused.value.status == 400 and refused.value.code == "bad_parameter"
 
 

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from ingest import Emitter
+from ingest.batch import decode_batch
 from ingest.worker import Worker
 from shared.keys import QueueKeys
 from shared.settings import Settings
@@ -41,9 +42,11 @@ def test_seq_is_assigned_per_task_in_queue_order(settings: Settings, client: red
 def test_seq_continues_across_batches_and_restarts(settings: Settings, client: redis.Redis) -> None:
     small = settings.model_copy(update={"batch_size": 7})
     client.rpush(settings.queue, *[event() for _ in range(20)])
-    drain(Worker(small))
+    with Worker(small) as first:
+        drain(first)
     client.rpush(settings.queue, *[event() for _ in range(5)])
-    drain(Worker(small))  # a new worker: seq comes from the store, not from memory
+    with Worker(small) as second:  # a new worker: seq comes from the store, not from memory
+        drain(second)
     assert seqs_by_task(settings.db) == {"t1": list(range(1, 26))}
 
 
@@ -168,8 +171,10 @@ def test_the_store_itself_refuses_duplicate_seq_and_event_uid(settings: Settings
 def test_uncommitted_leftovers_are_processed_after_a_crash(settings: Settings, client: redis.Redis) -> None:
     client.rpush(settings.queue, *[event() for _ in range(10)])
     worker = Worker(settings)
+    worker.take_over()
     worker.queue.claim(4, worker.writer.last_batch_id + 1)  # taken, then the worker "died"
     assert client.llen(QueueKeys(settings.queue).processing(1)) == 4  # batch 1's slot
+    lapse(client, settings)
     drain_after_recovery(Worker(settings))
     assert seqs_by_task(settings.db) == {"t1": list(range(1, 11))}
     assert client.exists(*QueueKeys(settings.queue).processing_keys) == 0
@@ -181,12 +186,13 @@ def test_committed_but_unacknowledged_batch_is_not_stored_twice(
     # No event_uid here: only the batch id tells that these were committed.
     client.rpush(settings.queue, *[event() for _ in range(5)], b"junk")
     worker = Worker(settings)
+    worker.take_over()
     batch_id = worker.writer.last_batch_id + 1
-    items = worker.queue.claim(100, batch_id)
-    from ingest.worker import decode_batch
-
-    good, _ = decode_batch(items, settings.max_payload_bytes, batch_id)
-    worker.writer.commit(batch_id, good)  # committed; the worker dies before acknowledging
+    claim = worker.queue.claim(100, batch_id)
+    assert claim is not None
+    good, dead = decode_batch(claim.items, settings.max_payload_bytes)
+    worker.writer.commit(batch_id, good, dead)  # committed; the worker dies before acknowledging
+    lapse(client, settings)
     drain_after_recovery(Worker(settings))
     assert seqs_by_task(settings.db) == {"t1": [1, 2, 3, 4, 5]}
     keys = QueueKeys(settings.queue)
@@ -195,8 +201,13 @@ def test_committed_but_unacknowledged_batch_is_not_stored_twice(
 
 
 def drain_after_recovery(worker: Worker) -> None:
-    worker.recover()
+    worker.take_over()  # which recovers
     drain(worker)
+
+
+def lapse(client: redis.Redis, settings: Settings) -> None:
+    """What a dead worker's lease does after its TTL."""
+    client.delete(QueueKeys(settings.queue).lease)
 
 
 def test_sigterm_finishes_the_batch_and_exits_zero(settings: Settings, client: redis.Redis) -> None:

@@ -1,0 +1,67 @@
+"""What a worker finds in the processing slots when it becomes the writer, and what it does with it.
+
+A previous worker (or this one, before a store fault or a lost lease) may have left a batch in a slot:
+- committed but not acknowledged (its id is at most the store's last batch id): acknowledged now,
+  from the store's record of that batch (ingest_state.last_batch): the same dead letters, counters
+  and commit notification its committer would have sent, whatever today's settings say;
+- not committed, with the ids that follow the store's last batch: left for the loop, which claims
+  them again first (in batch order), unless they have crashed the worker too often (ingest/poison.py);
+- not committed, with ids the store does not follow (a store restored from a backup): put back at the
+  head of the queue in batch order, to be claimed anew.
+"""
+
+import logging
+
+from ingest.batch import dead_letters, decode_batch
+from ingest.poison import Acknowledge, settle
+from ingest.queue import InFlight, WorkQueue
+from ingest.writer import CommitResult, StoreWriter
+from shared.clock import utc_now_ms
+from shared.event import max_element_bytes
+from shared.settings import Settings
+
+log = logging.getLogger("taskevents.worker")
+
+
+def recover(queue: WorkQueue, writer: StoreWriter, settings: Settings, ack: Acknowledge) -> None:
+    left = [x for x in queue.in_flight() if x.items]
+    suspects = queue.suspects() > 0  # then what is in flight is one suspect event
+    uncommitted: list[InFlight] = []
+    for x in left:
+        if x.batch_id is not None and x.batch_id <= writer.last_batch_id:
+            record = _record(writer, x, settings)
+            log.warning("batch %s (%d events) was committed but not acknowledged: acknowledging",
+                        x.batch_id, len(x.items))  # fmt: skip
+            ack(x.slot, record, dead_letters(x.items, record), len(x.items) if suspects else 0)
+        else:
+            uncommitted.append(x)
+    if not uncommitted:
+        return
+    following = writer.last_batch_id + 1
+    if any(x.batch_id is not None and x.batch_id not in (following, following + 1) for x in uncommitted):
+        order = sorted(uncommitted, key=lambda x: following if x.batch_id is None else x.batch_id)
+        moved = queue.requeue([x.slot for x in order])
+        log.warning("%d events in flight belong to batches %s, which do not follow the store's last batch "
+                    "(%d; was it restored?): put back at the head of the queue",
+                    moved, [x.batch_id for x in order], writer.last_batch_id)  # fmt: skip
+        return
+    settle(queue, uncommitted, following, settings.max_attempts, suspect=suspects, ack=ack)
+
+
+def _record(writer: StoreWriter, x: InFlight, settings: Settings) -> CommitResult:
+    """What the committed batch in `x` did, as the store recorded it."""
+    record = writer.last_batch
+    if record is not None and record.batch_id == x.batch_id:
+        return record
+    # Committed by a worker older than the record (schema version 1): decided again, with today's
+    # settings, as that version did.
+    log.warning("batch %s has no record in the store: its dead letters are decided again", x.batch_id)
+    assert x.batch_id is not None
+    good, dead = decode_batch(x.items, settings.max_payload_bytes)
+    return CommitResult(
+        x.batch_id,
+        stored=len(good),
+        dead=dead,
+        dead_at=utc_now_ms(),
+        keep=max_element_bytes(settings.max_payload_bytes),
+    )

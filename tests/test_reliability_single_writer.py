@@ -1,0 +1,226 @@
+"""One writer per queue and store, enforced: a lease in Redis, fenced in the store.
+
+Two or three real workers started at once on one queue and store, events without an event_uid (so
+nothing but the single writer keeps them from being stored twice): one consumes, the others stand by.
+The active one SIGKILLed, or frozen past its lease with SIGSTOP, while a standby waits: the standby
+takes over within the lease's TTL and every event is stored once, each task's seq 1..n. A worker that
+lost its lease cannot claim, acknowledge or commit (the store's writer epoch refuses it).
+"""
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from ingest.batch import decode_batch
+from ingest.lease import LeaseHeld, LeaseLost
+from ingest.worker import Worker
+from ingest.writer import StoreFenced
+from shared.keys import QueueKeys
+from shared.settings import Settings
+from tests.helpers import rows, seqs_by_task, start_worker, stored_count, wait_for
+from tests.reliability_write_helpers import heartbeat, raw_event, settled, wait_until_stored
+
+pytestmark = pytest.mark.redis_server
+
+TTL = 2.0  # the lease's (and heartbeat's) TTL in these tests, so a takeover is quick to see
+TASKS = 20
+
+
+def push(client: redis.Redis, settings: Settings, start: int, end: int) -> None:
+    """Events without an event_uid, as a raw producer RPUSHes them: stored twice if two workers took them."""
+    pipe = client.pipeline(transaction=False)
+    for s in range(start, end, 1000):
+        pipe.rpush(settings.queue, *[raw_event(f"t{i % TASKS}", i) for i in range(s, min(s + 1000, end))])
+    pipe.execute()
+
+
+def assert_each_stored_once_in_order(settings: Settings, total: int) -> None:
+    stored = [i for (i,) in rows(settings.db, "SELECT json_extract(payload, '$.i') FROM task_events")]
+    assert len(stored) == total and sorted(stored) == list(range(total))  # none lost, none twice
+    assert all(s == list(range(1, len(s) + 1)) for s in seqs_by_task(settings.db).values())
+    for task in range(TASKS):  # and in queue order within each task
+        mine = rows(
+            settings.db,
+            "SELECT json_extract(payload, '$.i') FROM task_events WHERE task_id = ? ORDER BY seq",
+            f"t{task}",
+        )
+        assert [i for (i,) in mine] == sorted(i for (i,) in mine)
+
+
+def active_pid(client: redis.Redis, settings: Settings) -> int | None:
+    beat = heartbeat(client, settings)
+    return int(beat["pid"]) if beat else None
+
+
+def holder_pid(client: redis.Redis, settings: Settings) -> int | None:
+    token = client.get(QueueKeys(settings.queue).lease)
+    return int(token.decode().rsplit(":", 2)[1]) if token else None
+
+
+@pytest.fixture
+def ttl_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"heartbeat_ttl": TTL, "batch_size": 500})
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_started_at_once_store_every_event_once(
+    ttl_settings: Settings, client: redis.Redis, workers: int
+) -> None:
+    settings = ttl_settings
+    total = 20_000
+    push(client, settings, 0, total // 2)
+    procs = [start_worker(settings, TASKEVENTS_HEARTBEAT_TTL=str(TTL)) for _ in range(workers)]
+    push(client, settings, total // 2, total)  # while they start and race for the lease
+    wait_until_stored(client, settings, total, timeout=60)
+    assert all(p.poll() is None for p in procs)  # the standbys wait, they do not exit
+    holder = holder_pid(client, settings)
+    assert holder in {p.pid for p in procs}
+    standbys = client.zrange(QueueKeys(settings.queue).standbys, 0, -1)
+    assert len(standbys) == workers - 1 and all(str(holder) not in s.decode() for s in standbys)
+    assert_each_stored_once_in_order(settings, total)
+
+
+def test_a_standby_takes_over_when_the_active_worker_is_killed(
+    ttl_settings: Settings, client: redis.Redis
+) -> None:
+    settings = ttl_settings
+    total = 30_000
+    first = start_worker(settings, TASKEVENTS_HEARTBEAT_TTL=str(TTL))
+    wait_for(lambda: holder_pid(client, settings) == first.pid)
+    second = start_worker(settings, TASKEVENTS_HEARTBEAT_TTL=str(TTL))
+    wait_for(lambda: client.zcard(QueueKeys(settings.queue).standbys) == 1)
+
+    pushing = threading.Thread(target=_push_paced, args=(client, settings, 0, total, 4.0))
+    pushing.start()
+    wait_for(lambda: stored_count(settings.db) > 3000)
+    first.send_signal(signal.SIGKILL)  # mid-stream, most likely mid-batch
+    killed = time.monotonic()
+    first.wait(10)
+    wait_for(lambda: holder_pid(client, settings) == second.pid, timeout=3 * TTL)
+    took_over = time.monotonic() - killed
+    pushing.join()
+    wait_until_stored(client, settings, total, timeout=60, alive=lambda: second.poll() is None)
+    assert_each_stored_once_in_order(settings, total)
+    assert took_over <= TTL + 1.0  # the lease's TTL plus the standby's poll
+    print(f"\nstandby took over {took_over:.2f}s after the active worker's SIGKILL (lease TTL {TTL:g}s)")
+
+
+def _push_paced(client: redis.Redis, settings: Settings, start: int, end: int, seconds: float) -> None:
+    steps = 40
+    per = (end - start) // steps
+    began = time.monotonic()
+    for k in range(steps):
+        push(client, settings, start + k * per, start + (k + 1) * per if k < steps - 1 else end)
+        time.sleep(max(0.0, began + (k + 1) * seconds / steps - time.monotonic()))
+
+
+def test_a_warm_stop_hands_over_at_once(ttl_settings: Settings, client: redis.Redis) -> None:
+    settings = ttl_settings.model_copy(update={"heartbeat_ttl": 30.0})  # a lapse would take 30 s
+    first = start_worker(settings, TASKEVENTS_HEARTBEAT_TTL="30")
+    wait_for(lambda: holder_pid(client, settings) == first.pid)
+    second = start_worker(settings, TASKEVENTS_HEARTBEAT_TTL="30")
+    wait_for(lambda: client.zcard(QueueKeys(settings.queue).standbys) == 1)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+    stopped = time.monotonic()
+    wait_for(lambda: holder_pid(client, settings) == second.pid, timeout=5)
+    assert time.monotonic() - stopped < 2.0  # the lease was released, not left to lapse
+    push(client, settings, 0, 1000)
+    wait_until_stored(client, settings, 1000, timeout=30)
+    assert_each_stored_once_in_order(settings, 1000)
+
+
+def test_a_restarted_worker_takes_its_dead_predecessors_lease_at_once(
+    ttl_settings: Settings, client: redis.Redis
+) -> None:
+    settings = ttl_settings.model_copy(update={"heartbeat_ttl": 30.0})
+    first = start_worker(settings, TASKEVENTS_HEARTBEAT_TTL="30")
+    wait_for(lambda: holder_pid(client, settings) == first.pid)
+    first.kill()
+    first.wait(10)
+    restarted = start_worker(settings, TASKEVENTS_HEARTBEAT_TTL="30")
+    began = time.monotonic()
+    wait_for(lambda: holder_pid(client, settings) == restarted.pid, timeout=10)
+    assert time.monotonic() - began < 5.0  # not the lease's 30 s: its holder is provably dead
+
+
+def test_a_frozen_worker_is_replaced_and_cannot_write_when_it_wakes(
+    ttl_settings: Settings, client: redis.Redis, tmp_path: Path
+) -> None:
+    """SIGSTOP past the lease (a paused VM, a GC pause, a network split from Redis): the standby takes
+    over; when the frozen one wakes with a batch in hand, it writes nothing and stands by."""
+    settings = ttl_settings
+    total = 20_000
+    log = tmp_path / "first.log"
+    first = start_worker(settings, log=log, TASKEVENTS_HEARTBEAT_TTL=str(TTL))
+    wait_for(lambda: holder_pid(client, settings) == first.pid)
+    second = start_worker(settings, TASKEVENTS_HEARTBEAT_TTL=str(TTL))
+    wait_for(lambda: client.zcard(QueueKeys(settings.queue).standbys) == 1)
+    pushing = threading.Thread(target=_push_paced, args=(client, settings, 0, total, 3.0))
+    pushing.start()
+    wait_for(lambda: stored_count(settings.db) > 2000)
+    first.send_signal(signal.SIGSTOP)
+    wait_for(lambda: holder_pid(client, settings) == second.pid, timeout=3 * TTL)
+    pushing.join()
+    wait_until_stored(client, settings, total, timeout=60)
+    first.send_signal(signal.SIGCONT)  # wakes up believing it holds the lease, maybe mid-commit
+    wait_for(lambda: "standing by" in log.read_text(), timeout=20)
+    push(client, settings, total, total + 1000)
+    wait_until_stored(client, settings, total + 1000, timeout=30)
+    assert holder_pid(client, settings) == second.pid and first.poll() is None
+    assert_each_stored_once_in_order(settings, total + 1000)
+    assert active_pid(client, settings) == second.pid
+
+
+# --- in process: the fences themselves -----------------------------------------------------------
+
+
+@pytest.fixture
+def two(ttl_settings: Settings) -> Iterator[tuple[Worker, Worker]]:
+    with Worker(ttl_settings) as a, Worker(ttl_settings) as b:
+        yield a, b
+
+
+def test_a_second_worker_cannot_take_a_held_lease(two: tuple[Worker, Worker]) -> None:
+    a, b = two
+    a.take_over()
+    with pytest.raises(LeaseHeld, match="another worker consumes"):
+        b.take_over()
+
+
+def test_a_deposed_worker_can_neither_commit_nor_acknowledge(
+    ttl_settings: Settings, client: redis.Redis, two: tuple[Worker, Worker]
+) -> None:
+    """The worst timing: A claims a batch, freezes past its lease; B takes over and stores it; A wakes
+    and tries to commit and acknowledge the batch it still holds in memory."""
+    settings = ttl_settings
+    keys = QueueKeys(settings.queue)
+    a, b = two
+    push(client, settings, 0, 100)
+    a.take_over()
+    claim = a.queue.claim(100, a.writer.last_batch_id + 1)
+    assert claim is not None
+    good, dead = decode_batch(claim.items, settings.max_payload_bytes)
+    client.delete(keys.lease)  # A's lease lapses while it is frozen
+    b.take_over()  # bumps the store's writer epoch, recovers A's batch from its slot
+    b.drain()
+    assert stored_count(settings.db) == 100
+
+    with pytest.raises(StoreFenced, match="another worker took the store over"):
+        a.writer.commit(claim.batch_id, good, dead)
+    with pytest.raises(LeaseLost):
+        a.queue.ack(claim.slot, heartbeat=b"{}")
+    with pytest.raises(LeaseLost):
+        a.queue.claim(100, claim.batch_id + 1)
+    with pytest.raises(LeaseLost):
+        a.queue.beat(b"{}")
+    assert stored_count(settings.db) == 100 and settled(client, settings)
+    assert_each_stored_once_in_order(settings, 100)
+    assert orjson.loads(client.get(keys.heartbeat) or b"{}").get("pid") == os.getpid()
