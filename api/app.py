@@ -4,6 +4,7 @@ State on `app.state`, for every router (the live stream's too):
 - `settings`: the process's Settings;
 - `store`: the ReadStore, the pool of read-only connections (`store.run(read, *args)` on a thread);
 - `loop_store`: one read-only connection for reads made inline on the event loop;
+- `reads`: the ReadRunner endpoints read with (inline while short, else on the pool's threads);
 - `redis`: a Redis client with short timeouts (for checks; it never blocks a request for long);
 - `registry`: the Prometheus registry served at /metrics.
 """
@@ -18,6 +19,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
 
 from api import health, stream, tasks
+from api.deps import ReadRunner
 from api.errors import install_error_handlers
 from api.metrics import MetricsMiddleware, RequestMetrics, WorkerCollector, metrics_router
 from api.store import DEFAULT_POOL_SIZE, ReadStore, StoreUnavailable
@@ -30,7 +32,7 @@ log = logging.getLogger("taskevents.api")
 DESCRIPTION = """\
 Read-only access to the taskevents store: each task's events in seq order, its snapshot, span graph
 and checkpoints, and the list of tasks. Every error has the body `{"detail": str, "code": str}`:
-400 `bad_parameter`, 404 `task_not_found` or `not_found`, 503 `store_unavailable`.
+400 `bad_parameter`, 404 `task_not_found` or `not_found`, 503 `store_unavailable` or `query_timeout`.
 """
 
 
@@ -56,10 +58,11 @@ def create_app(
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    app.state.store = ReadStore(settings.db, size=pool_size)
+    app.state.store = ReadStore(settings.db, size=pool_size, timeout=settings.query_timeout)
     # The event loop's own connection, for the short reads endpoints make inline (api/tasks.py): the
     # loop runs one read at a time, so it never waits for a connection the pool's threads hold.
-    app.state.loop_store = ReadStore(settings.db, size=1)
+    app.state.loop_store = ReadStore(settings.db, size=1, timeout=settings.query_timeout)
+    app.state.reads = ReadRunner(app.state.loop_store, app.state.store)
     app.state.redis = redis_client(settings)
     app.state.registry = CollectorRegistry(auto_describe=False)
     app.state.registry.register(WorkerCollector(app.state.redis, QueueKeys(settings.queue), app.state.store))

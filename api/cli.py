@@ -4,6 +4,7 @@ import click
 import uvicorn
 
 from api.app import create_app
+from api.stream import WS_MAX_SIZE
 from shared.cli import env_help, settings_options
 from shared.settings import Settings
 
@@ -33,4 +34,5 @@ def api_command(settings: Settings, host: str | None, port: int | None, access_l
         log_level=settings.log_level.lower(),
         log_config=None,  # keep the logging configured by settings_options
         server_header=False,
+        ws_max_size=WS_MAX_SIZE,  # a WebSocket client sends one short hello: a bigger frame is refused
     )

@@ -4,21 +4,54 @@ The dependencies are `async def` on purpose: FastAPI runs a sync dependency on a
 async one inline, and these only look up `app.state`.
 """
 
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Annotated, Any, TypeVar
 
+import anyio
 import redis
 from fastapi import Depends, Request
 
-from api.store import ReadStore
+from api.store import QueryTimeout, ReadStore
 from shared.settings import Settings
+
+T = TypeVar("T")
+
+# How long a read may run inline on the event loop. Past it, the read is stopped and run again on a
+# worker thread (with the full TASKEVENTS_QUERY_TIMEOUT), so one large page or a slow snapshot never
+# stalls the loop, and with it every stream of the process, for longer than this.
+INLINE_BUDGET = 0.010
+
+
+@dataclass(slots=True)
+class ReadRunner:
+    """Runs an endpoint's read: inline on the loop's own connection while it is short (a hop to a
+    thread costs more than a 0.3 ms page, see api/tasks.py), on the pool's threads when it is not."""
+
+    loop: ReadStore
+    pool: ReadStore
+    budget: float = INLINE_BUDGET
+    moved: int = 0  # reads stopped inline and run again on a thread (tests, benchmarks)
+
+    async def __call__(self, read: Callable[..., T], *args: Any) -> T:
+        try:
+            return self.loop.run_within(self.budget, read, *args)
+        except QueryTimeout:
+            self.moved += 1
+            return await anyio.to_thread.run_sync(partial(self.pool.run, read, *args))
+
+    async def on_thread(self, read: Callable[..., T], *args: Any) -> T:
+        """For reads known to be long (the graph): straight to the pool."""
+        return await anyio.to_thread.run_sync(partial(self.pool.run, read, *args))
+
+
+async def _reads(request: Request) -> ReadRunner:
+    return request.app.state.reads
 
 
 async def _store(request: Request) -> ReadStore:
     return request.app.state.store
-
-
-async def _loop_store(request: Request) -> ReadStore:
-    return request.app.state.loop_store
 
 
 async def _redis(request: Request) -> redis.Redis:
@@ -29,8 +62,8 @@ async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-# For reads on a worker thread (the pool) and for short reads inline on the event loop.
+# The pool (for reads that are always on a thread: readiness), and how endpoints read.
 Store = Annotated[ReadStore, Depends(_store)]
-LoopStore = Annotated[ReadStore, Depends(_loop_store)]
+Reads = Annotated[ReadRunner, Depends(_reads)]
 RedisClient = Annotated[redis.Redis, Depends(_redis)]
 AppSettings = Annotated[Settings, Depends(_settings)]

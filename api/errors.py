@@ -7,6 +7,7 @@
 | 404 | `not_found` | no such path |
 | 405 | `method_not_allowed` | the path exists, the method does not |
 | 503 | `store_unavailable` | the SQLite file is missing, not initialised yet, or unreadable |
+| 503 | `query_timeout` | a read ran past TASKEVENTS_QUERY_TIMEOUT and was stopped |
 | 500 | `internal_error` | a bug (never caused by client input) |
 """
 
@@ -18,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.store import StoreUnavailable
+from api.store import QueryTimeout, StoreUnavailable
 
 log = logging.getLogger("taskevents.api")
 
@@ -55,7 +56,8 @@ def describe_validation_error(exc: RequestValidationError) -> str:
         name = ".".join(loc) or "request"
         text = f"{name}: {error.get('msg', 'invalid')}"
         if "input" in error and error["input"] is not None and error.get("type") != "missing":
-            text += f" (got {error['input']!r})"
+            shown = repr(error["input"])  # bounded: a client may send megabytes in one parameter
+            text += f" (got {shown[:60] + '…' if len(shown) > 60 else shown})"
         parts.append(text)
     return "; ".join(parts) or "invalid request"
 
@@ -73,6 +75,11 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _store_unavailable(_: Request, exc: Exception) -> JSONResponse:
     # Retry-After: the usual cause is a worker that has not created the store yet.
     return error_response(503, "store_unavailable", str(exc), headers={"Retry-After": "1"})
+
+
+async def _query_timeout(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return error_response(503, "query_timeout", str(exc), headers={"Retry-After": "1"})
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -97,6 +104,7 @@ def install_error_handlers(app: FastAPI) -> None:
         ApiError: _api_error,
         RequestValidationError: _validation_error,
         StoreUnavailable: _store_unavailable,
+        QueryTimeout: _query_timeout,  # a StoreUnavailable: the more specific handler is used
         StarletteHTTPException: _http_error,
         Exception: _unexpected,
     }

@@ -92,7 +92,11 @@ class Snapshot(BaseModel):
         description="Last phase any event of the task had: a heartbeat or runner_exit does not blank it."
     )
     status: TaskStatus
-    active_spans: list[Span] = Field(description="Open spans of the whole task, whatever the window.")
+    active_spans: list[str] = Field(
+        description="Ids of the open spans of the whole task, whatever the window, in the order they opened "
+        "(the original's shape)."
+    )
+    active_span_details: list[Span] = Field(description="The same open spans, as span objects.")
 
 
 class TaskSummary(BaseModel):

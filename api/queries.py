@@ -94,7 +94,7 @@ WHERE task_id = ? AND event_type IN ({_CHECKPOINT_TYPES_SQL}) AND seq > ? ORDER 
 """
 
 OPEN_SPANS: Final = f"""
-SELECT {SPAN_JSON} FROM spans AS s INDEXED BY idx_spans_open
+SELECT s.span_id, {SPAN_JSON} FROM spans AS s INDEXED BY idx_spans_open
 WHERE s.task_id = ? AND s.state = 'open' ORDER BY s.first_seq
 """
 # Nodes in the order their spans started, so a parent comes before its children. The task's spans

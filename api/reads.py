@@ -88,17 +88,21 @@ def snapshot(conn: sqlite3.Connection, task_id: str, limit: int) -> bytes:
     """The last `limit` events ascending, with the state of the whole task (not of the window).
 
     `current_phase` and `status` come from the task row (the last non-null phase the worker saw), and
-    `active_spans` from the spans table: every span whose latest opening or closing event opened it.
+    the open spans from the spans table: every span whose latest opening or closing event opened it.
+    `active_spans` is their ids (the original's shape), `active_span_details` the span objects.
     """
     task = task_row(conn, task_id)
     rows = conn.execute(q.EVENTS_NEWEST, (task_id, limit)).fetchall()
     events = ",".join(row[1] for row in reversed(rows))
-    spans = ",".join(row[0] for row in conn.execute(q.OPEN_SPANS, (task_id,)))
+    spans = conn.execute(q.OPEN_SPANS, (task_id,)).fetchall()
+    ids = orjson.dumps([row[0] for row in spans]).decode()
+    details = ",".join(row[1] for row in spans)
     return (
         f'{{"task_id":{orjson.dumps(task_id).decode()},"events":[{events}],'
         f'"total_events":{task.event_count},"latest_seq":{task.latest_seq},'
         f'"current_phase":{orjson.dumps(task.current_phase).decode()},'
-        f'"status":{orjson.dumps(task.status).decode()},"active_spans":[{spans}]}}'
+        f'"status":{orjson.dumps(task.status).decode()},"active_spans":{ids},'
+        f'"active_span_details":[{details}]}}'
     ).encode()
 
 

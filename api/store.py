@@ -3,15 +3,22 @@
 Connections are opened on first need (the API may start before the worker has created the file) and
 kept for the life of the process. Every read runs all its queries inside one `BEGIN … COMMIT`: in WAL
 mode that is one snapshot, so a page and its total agree and a reader never sees seq n+1 of a task
-without seq n (the worker commits whole batches). A read is synchronous and short; callers run it on a
-worker thread and never hold a transaction across an `await`.
+without seq n (the worker commits whole batches). A read is synchronous and never held across an
+`await`.
+
+Every read has a time limit (`timeout`, TASKEVENTS_QUERY_TIMEOUT by default), enforced by SQLite
+itself as Datasette does: a progress handler, called every PROGRESS_STEPS virtual-machine steps,
+interrupts the statement once the read's deadline has passed, and the read raises QueryTimeout (the
+connection stays usable). So no query holds a connection, a thread or the event loop for long.
 """
 
 import logging
+import math
 import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,26 +35,45 @@ T = TypeVar("T")
 
 DEFAULT_POOL_SIZE = 8
 ACQUIRE_TIMEOUT = 5.0  # seconds a read waits for a free connection before answering 503
+DEFAULT_TIMEOUT = 5.0  # seconds a read may run (TASKEVENTS_QUERY_TIMEOUT)
+# Virtual-machine steps between two looks at the clock: about 0.1-1 ms of work, so a deadline is kept
+# to within a millisecond, while a 100-event page (~50,000 steps) pays for a handful of calls.
+PROGRESS_STEPS = 10_000
 
 
 class StoreUnavailable(Exception):
     """The store cannot be read now (missing, not initialised, unreadable); the reason is for a person."""
 
 
-@dataclass(slots=True)
+class QueryTimeout(StoreUnavailable):
+    """A read ran past its time limit and was interrupted (HTTP 503 `query_timeout`)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the read took longer than its limit of {seconds:g}s and was stopped")
+        self.seconds = seconds
+
+
+@dataclass(slots=True, eq=False)
 class _Reader:
     conn: sqlite3.Connection
     file_id: tuple[int, int]  # (st_dev, st_ino) when opened: a replaced file needs a new connection
+    deadline: float = math.inf  # monotonic time past which the progress handler interrupts
+
+    def past_deadline(self) -> bool:
+        return time.monotonic() > self.deadline
 
 
 class ReadStore:
     """A pool of at most `size` read-only connections to the SQLite file at `path`."""
 
-    def __init__(self, path: Path, size: int = DEFAULT_POOL_SIZE) -> None:
+    def __init__(
+        self, path: Path, size: int = DEFAULT_POOL_SIZE, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
         self.path = path
         self.size = size
+        self.timeout = timeout
         self._idle: queue.LifoQueue[_Reader] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
@@ -56,40 +82,66 @@ class ReadStore:
     # --- reading ---------------------------------------------------------------------------------
 
     def run(self, read: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs) -> T:
-        """`read(conn, *args)` inside one read transaction; its result is returned.
+        """`read(conn, *args)` inside one read transaction, within `timeout`; its result is returned.
 
-        Raises StoreUnavailable when the store cannot be read (the connection is then discarded).
+        Raises QueryTimeout past the time limit, StoreUnavailable when the store cannot be read (the
+        connection is then discarded).
         """
         with self.transaction() as conn:
             return read(conn, *args, **kw)
 
+    def run_within(
+        self,
+        seconds: float,
+        read: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kw: P.kwargs,
+    ) -> T:
+        """`run` with a time limit of its own."""
+        with self.transaction(seconds) as conn:
+            return read(conn, *args, **kw)
+
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A pooled connection inside `BEGIN … COMMIT`: every query in the block sees one snapshot."""
-        with self._connection() as conn:
-            conn.execute("BEGIN")
+    def transaction(self, seconds: float | None = None) -> Iterator[sqlite3.Connection]:
+        """A pooled connection inside `BEGIN … COMMIT`: every query in the block sees one snapshot, and
+        the block's queries are stopped (QueryTimeout) `seconds` after it began (default `timeout`)."""
+        limit = self.timeout if seconds is None else seconds
+        with self._connection() as reader:
+            conn = reader.conn
+            reader.deadline = time.monotonic() + limit
             try:
+                conn.execute("BEGIN")
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+            except BaseException as exc:
+                timed_out = (
+                    isinstance(exc, sqlite3.OperationalError)
+                    and "interrupted" in str(exc)
+                    and reader.past_deadline()
+                )
+                reader.deadline = math.inf  # the ROLLBACK must not be interrupted too
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if timed_out:
+                    raise QueryTimeout(limit) from None
                 raise
+            reader.deadline = math.inf
             conn.execute("COMMIT")  # nothing was written: COMMIT just ends the snapshot
 
     def check(self) -> int:
         """The schema version of a readable store; raises StoreUnavailable otherwise (readiness)."""
-        with self._connection() as conn:
-            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+        with self._connection() as reader:
+            return int(reader.conn.execute("PRAGMA user_version").fetchone()[0])
 
     # --- the pool --------------------------------------------------------------------------------
 
     @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
+    def _connection(self) -> Iterator[_Reader]:
         if not self._slots.acquire(timeout=ACQUIRE_TIMEOUT):
             raise StoreUnavailable(f"all {self.size} store connections stayed busy for {ACQUIRE_TIMEOUT:g}s")
         reader: _Reader | None = None
         try:
             reader = self._take()
-            yield reader.conn
+            yield reader
         except sqlite3.DatabaseError as exc:
             # "no such table", "disk I/O error", a corrupt or deleted file: answer 503, and let the
             # next read open a fresh connection rather than reuse this one.
@@ -149,7 +201,9 @@ class ReadStore:
             )
         with self._lock:
             self.opened += 1
-        return _Reader(conn, file_id)
+        reader = _Reader(conn, file_id)
+        conn.set_progress_handler(reader.past_deadline, PROGRESS_STEPS)
+        return reader
 
     @staticmethod
     def _discard(reader: _Reader) -> None:

@@ -41,6 +41,8 @@ log = logging.getLogger("taskevents.api.stream")
 
 SEP = "\n"
 HELLO_TIMEOUT = 10.0  # seconds a WebSocket without ?since_seq has to send {"since_seq": N}
+HELLO_MAX_BYTES = 1024  # a first message is `{"since_seq": N}`: anything longer is refused unread
+WS_MAX_SIZE = 64 * 1024  # uvicorn's limit on a client's frame (closes with 1009): clients send one hello
 
 # WebSocket close codes: 4000 + the HTTP status an SSE request would get, and the standard ones.
 WS_BAD_REQUEST = 4400  # since_seq or task_id is garbage
@@ -65,15 +67,24 @@ SinceSeq = Annotated[
 ]
 
 
+def parse_seq(text: str, name: str) -> int:
+    """A seq written in decimal ASCII digits, 0 to 2^63-1; BadParameter otherwise.
+
+    The length is checked before any int(): Python refuses to convert over 4,300 digits (a ValueError
+    that would otherwise surface as a 500), and a seq never needs more than 19.
+    """
+    digits = text.strip()
+    significant = digits.lstrip("0") or "0"
+    if not digits.isascii() or not digits.isdigit() or len(significant) > 19 or int(significant) > MAX_SEQ:
+        shown = digits[:40] + ("…" if len(digits) > 40 else "")
+        raise BadParameter(name, f"must be a seq, an integer from 0 to {MAX_SEQ} (got {shown!r})")
+    return int(significant)
+
+
 def resume_point(since_seq: int | None, last_event_id: str | None) -> int:
     """The seq after which to stream: Last-Event-ID if present (the browser's own), else since_seq."""
     if last_event_id is not None and last_event_id.strip():
-        text = last_event_id.strip()
-        if not text.isascii() or not text.isdigit() or int(text) > MAX_SEQ:
-            raise BadParameter(
-                "Last-Event-ID", f"must be a seq, an integer from 0 to {MAX_SEQ} (got {text[:40]!r})"
-            )
-        return int(text)
+        return parse_seq(last_event_id, "Last-Event-ID")
     return since_seq or 0
 
 
@@ -162,22 +173,33 @@ def _ws_event(event: LiveEvent) -> str:
 
 
 async def _ws_resume_point(websocket: WebSocket) -> int:
-    """?since_seq=N, or else the first message {"since_seq": N} (within HELLO_TIMEOUT)."""
+    """?since_seq=N, or else the first message {"since_seq": N} (within HELLO_TIMEOUT).
+
+    Every mistake is a BadParameter (close 4400): a binary frame, a text frame over HELLO_MAX_BYTES,
+    anything but a JSON object whose `since_seq` is an integer from 0 to 2^63-1.
+    """
     raw = websocket.query_params.get("since_seq")
-    if raw is None:
-        with anyio.fail_after(HELLO_TIMEOUT):
-            message = await websocket.receive_text()
-        try:
-            raw = orjson.loads(message)["since_seq"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise BadParameter("first message", 'must be {"since_seq": N}') from None
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise BadParameter("since_seq", f"must be an integer from 0 to {MAX_SEQ}")
-        raw = str(raw)
-    text = raw.strip()
-    if not text.isascii() or not text.isdigit() or int(text) > MAX_SEQ:
-        raise BadParameter("since_seq", f"must be an integer from 0 to {MAX_SEQ} (got {text[:40]!r})")
-    return int(text)
+    if raw is not None:
+        return parse_seq(raw, "since_seq")
+    with anyio.fail_after(HELLO_TIMEOUT):
+        message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    if text is None:
+        raise BadParameter("first message", 'must be a text frame {"since_seq": N}, not binary')
+    if len(text) > HELLO_MAX_BYTES:
+        raise BadParameter("first message", f'must be {{"since_seq": N}}, not {len(text)} characters')
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or "since_seq" not in value:
+        raise BadParameter("first message", 'must be {"since_seq": N}')
+    seq = value["since_seq"]
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+        raise BadParameter("since_seq", f"must be an integer from 0 to {MAX_SEQ}")
+    return seq
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:

@@ -1,14 +1,17 @@
 """The task endpoints: pages of events, the snapshot, the span graph, checkpoints, the task list.
 
-Bounded reads (a page of at most 1,000 events, a snapshot, the task list) take well under a
-millisecond, so their endpoints are `async def` and read inline on the event loop. A hop to a worker
-thread costs far more than the read: sqlite3 releases the GIL around every row step, so with 16
-requests in flight the loop and the worker threads hand the GIL back and forth (~16 context switches
-and ~1.5 ms of system CPU per 100-event page; 4x the CPU per request, 3x the p99 of inline reads).
-The read is synchronous, so no transaction is ever held across an `await`; it uses the loop's own
-connection (`LoopStore`), so it never waits for one that the threads hold. The graph (up to 50,000
-spans, tens of ms) stays a sync `def` on a worker thread, so one big graph does not stall every other
-request. Each returns the bytes api/reads.py built; `response_model` only documents them.
+Bounded reads (a page of events, a snapshot, the task list) usually take well under a millisecond,
+so their endpoints are `async def` and read inline on the event loop. A hop to a worker thread costs
+far more than such a read: sqlite3 releases the GIL around every row step, so with 16 requests in
+flight the loop and the worker threads hand the GIL back and forth (~16 context switches and ~1.5 ms
+of system CPU per 100-event page; 4x the CPU per request, 3x the p99 of inline reads). But a page can
+be large (1,000 events of 64 KiB each): an inline read that runs past INLINE_BUDGET (10 ms) is
+stopped by SQLite and run again on a worker thread (`ReadRunner`, api/deps.py), so no read stalls the
+loop, and every stream of the process, for longer than that. The read is synchronous, so no
+transaction is ever held across an `await`; inline, it uses the loop's own connection, so it never
+waits for one that the threads hold. The graph (up to 50,000 spans, tens of ms) goes to a thread at
+once. Every read is stopped at TASKEVENTS_QUERY_TIMEOUT (503 `query_timeout`). Each endpoint returns
+the bytes api/reads.py built; `response_model` only documents them.
 """
 
 from typing import Annotated
@@ -17,7 +20,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from api import reads
 from api.cursor import decode_cursor
-from api.deps import LoopStore, Store
+from api.deps import Reads
 from api.errors import BadParameter
 from api.models import ERRORS_400, ERRORS_TASK, Event, EventsPage, Graph, Snapshot, TasksPage, TaskStatus
 from shared.event import Phase
@@ -39,7 +42,7 @@ def _json(body: bytes, headers: dict[str, str] | None = None) -> Response:
 
 @router.get("", response_model=TasksPage, responses=ERRORS_400 | {503: ERRORS_TASK[503]})
 async def list_tasks(
-    store: LoopStore,
+    read: Reads,
     limit: Annotated[int, Query(ge=1, le=500, description="Tasks per page.")] = 50,
     cursor: Annotated[
         str | None, Query(max_length=1024, description="`next_cursor` of the previous page.")
@@ -53,54 +56,54 @@ async def list_tasks(
             after = decode_cursor(cursor)
         except ValueError as exc:
             raise BadParameter("cursor", str(exc)) from None
-    return _json(store.run(reads.tasks_page, limit, status, after))
+    return _json(await read(reads.tasks_page, limit, status, after))
 
 
 @router.get("/{task_id}/events", response_model=EventsPage, responses=ERRORS_TASK)
 async def events(
-    store: LoopStore,
+    read: Reads,
     task_id: TaskId,
     since_seq: SinceSeq = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most events to return.")] = 100,
 ) -> Response:
     """Events after `since_seq`, ascending by seq. Walk a task by passing `next_seq` back as `since_seq`
     until `has_more` is false; `total` is the number of events of the task, in the same snapshot."""
-    return _json(store.run(reads.events_page, task_id, since_seq, limit))
+    return _json(await read(reads.events_page, task_id, since_seq, limit))
 
 
 @router.get("/{task_id}/events/latest", response_model=EventsPage, responses=ERRORS_TASK)
 async def latest_events(
-    store: LoopStore,
+    read: Reads,
     task_id: TaskId,
     limit: Annotated[int, Query(ge=1, le=500, description="Most events to return.")] = 50,
 ) -> Response:
     """The newest events, newest first. `has_more`: older events exist beyond this page. `next_seq`: the
     newest seq of the page (0 if empty), to pass as `since_seq` to `/events` for what follows."""
-    return _json(store.run(reads.latest_page, task_id, limit))
+    return _json(await read(reads.latest_page, task_id, limit))
 
 
 @router.get("/{task_id}/events/snapshot", response_model=Snapshot, responses=ERRORS_TASK)
 async def snapshot(
-    store: LoopStore,
+    read: Reads,
     task_id: TaskId,
     limit: Annotated[int, Query(ge=1, le=500, description="Events in the window.")] = 100,
 ) -> Response:
     """The last `limit` events (ascending) and the state of the whole task: `current_phase` (the last
     phase any event had), `status`, and `active_spans` (every open span, opened inside the window or
     before it). Render it, then follow the task from `latest_seq`."""
-    return _json(store.run(reads.snapshot, task_id, limit))
+    return _json(await read(reads.snapshot, task_id, limit))
 
 
 @router.get("/{task_id}/events/phase/{phase}", response_model=EventsPage, responses=ERRORS_TASK)
 async def phase_events(
-    store: LoopStore,
+    read: Reads,
     task_id: TaskId,
     phase: Annotated[Phase, Path(description="planning, executing, verifying or recovery.")],
     since_seq: SinceSeq = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most events to return.")] = 100,
 ) -> Response:
     """Like `/events`, for the events of one phase; `total` counts that phase's events."""
-    return _json(store.run(reads.phase_page, task_id, phase, since_seq, limit))
+    return _json(await read(reads.phase_page, task_id, phase, since_seq, limit))
 
 
 @router.get(
@@ -110,7 +113,7 @@ async def phase_events(
     | {200: {"headers": {"X-Has-More": {"description": "`true` if more checkpoints follow this page."}}}},
 )
 async def checkpoints(
-    store: LoopStore,
+    read: Reads,
     task_id: TaskId,
     since_seq: SinceSeq = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most checkpoint events to return.")] = 100,
@@ -118,17 +121,17 @@ async def checkpoints(
     """`checkpoint_commit`, `checkpoint_verified` and `checkpoint_invalid` events in seq order, with their
     payload (checkpoint_id, checkpoint_type, evidence_refs, …). A JSON array; the header `X-Has-More`
     says whether more follow (pass the last seq as `since_seq`)."""
-    body, has_more = store.run(reads.checkpoints, task_id, since_seq, limit)
+    body, has_more = await read(reads.checkpoints, task_id, since_seq, limit)
     return _json(body, {"X-Has-More": "true" if has_more else "false"})
 
 
 @router.get("/{task_id}/graph", response_model=Graph, responses=ERRORS_TASK)
-def graph(
-    store: Store,
+async def graph(
+    read: Reads,
     task_id: TaskId,
     limit: Annotated[int, Query(ge=1, le=50_000, description="Most spans to return.")] = 10_000,
 ) -> Response:
     """The span tree: one node per span (its first event, its state and extent), in the order spans
     started, and an edge parent -> child wherever both are nodes. `truncated` if the task has more than
     `limit` spans (the earliest are returned, so every edge still joins two nodes)."""
-    return _json(store.run(reads.graph, task_id, limit))
+    return _json(await read.on_thread(reads.graph, task_id, limit))

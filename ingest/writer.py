@@ -18,7 +18,7 @@ import orjson
 from ingest.lease import LeaseLost
 from ingest.walcap import WalCap
 from shared.clock import format_ms
-from shared.event import SPAN_CLOSERS, SPAN_OPENERS, WireEvent
+from shared.event import SPAN_CLOSERS, SPAN_OPENERS, WireEvent, exit_status
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,16 +156,6 @@ ON CONFLICT (task_id, span_id) DO UPDATE SET
     event_count = spans.event_count + excluded.event_count,
     {state}
 """
-
-
-def runner_exit_status(payload: dict[str, object]) -> str:
-    """`succeeded` or `failed`, from the payload's `outcome` or, failing that, its `exit_code`."""
-    outcome = payload.get("outcome")
-    if outcome in ("succeeded", "success", "ok", "completed"):
-        return "succeeded"
-    if outcome is not None:
-        return "failed"
-    return "succeeded" if payload.get("exit_code", 0) == 0 else "failed"
 
 
 class StoreWriter:
@@ -332,7 +322,7 @@ class StoreWriter:
             if e.event_type == "runner_spawn":
                 task.status = "running"
             elif e.event_type == "runner_exit":
-                task.status = runner_exit_status(e.payload)
+                task.status = exit_status(e.payload)
 
             key = (e.task_id, e.span_id)
             span = spans.get(key)

@@ -48,6 +48,15 @@ SPAN_CLOSERS: Final = {
     "work_item_failed": "failed",
 }
 
+# How a runner_exit's payload decides the task's status (`exit_status`). Compared trimmed, lower case.
+SUCCESS_OUTCOMES: Final = frozenset(
+    {"succeeded", "success", "successful", "ok", "completed", "passed", "done"}
+)
+FAILURE_OUTCOMES: Final = frozenset(
+    {"failed", "failure", "error", "errored", "cancelled", "canceled", "aborted", "killed", "crashed"}
+    | {"timeout", "timed_out", "terminated", "rejected", "invalid"}
+)
+
 # Names and ids: printable, bounded. Control characters would break logs, SSE frames and terminals.
 _PRINTABLE_CHARS: Final = r"[^\x00-\x1f\x7f]+"
 PRINTABLE: Final = f"^{_PRINTABLE_CHARS}$"
@@ -89,6 +98,43 @@ def is_name(text: str) -> bool:
     """True if `text` could be a task or span id: what the store accepts (the API checks paths with it)."""
     # fullmatch, not PRINTABLE's `$`: Python's `$` also matches before a final newline.
     return len(text) <= NAME_MAX_LENGTH and re.fullmatch(_PRINTABLE_CHARS, text) is not None
+
+
+def exit_status(payload: dict[str, Any]) -> str:
+    """The status a `runner_exit` gives its task: `succeeded` or `failed`.
+
+    1. `outcome`, a known word (SUCCESS_OUTCOMES, FAILURE_OUTCOMES; any case, spaces trimmed), decides.
+    2. Else `exit_code`, an integer (or a string or float that is one: "0", 0.0), decides: 0 succeeded,
+       anything else failed.
+    3. Else: a payload that says nothing (neither key) succeeded, as a process that exits without
+       reporting an error does; one that says something unreadable (an unknown outcome without an exit
+       code, an exit_code that is not a number) failed: a success is never assumed from a word we do
+       not know.
+    """
+    outcome = payload.get("outcome")
+    word = outcome.strip().lower() if isinstance(outcome, str) else None
+    if word in SUCCESS_OUTCOMES:
+        return "succeeded"
+    if word in FAILURE_OUTCOMES:
+        return "failed"
+    code = _integer(payload.get("exit_code"))
+    if code is not None:
+        return "succeeded" if code == 0 else "failed"
+    if "exit_code" not in payload and outcome is None:
+        return "succeeded"
+    return "failed"
+
+
+def _integer(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,20}\s*", value):
+        return int(value)
+    return None
 
 
 def describe(exc: ValidationError) -> str:

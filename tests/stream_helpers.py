@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.live import LiveHub
+from api.stream import WS_MAX_SIZE
 from ingest.emitter import Emitter
 from shared.settings import Settings
 from tests.helpers import rows, start_worker, wait_for
@@ -61,6 +62,7 @@ class ApiServer:
             port=self.port,
             log_level="warning",
             timeout_graceful_shutdown=1,  # open streams are cut after 1 s when the server stops
+            ws_max_size=WS_MAX_SIZE,  # as `taskevents api` runs it
         )
         self._server = uvicorn.Server(config)
         listener = socket.socket()

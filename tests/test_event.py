@@ -3,7 +3,7 @@
 import orjson
 import pytest
 
-from shared.event import BadEvent, decode, encode_payload
+from shared.event import BadEvent, decode, encode_payload, exit_status
 
 LIMIT = 64 * 1024
 GOOD = {"task_id": "t1", "event_type": "phase_enter", "phase": "planning", "actor": "runner", "span_id": "s1"}
@@ -90,3 +90,34 @@ def test_is_name_is_the_rule_the_event_model_applies_to_ids(text: str, ok: bool)
     else:
         with pytest.raises(BadEvent):
             decode(with_id, LIMIT)
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        ({"exit_code": 0}, "succeeded"),
+        ({"exit_code": 3}, "failed"),
+        ({"exit_code": "0"}, "succeeded"),  # a shell runner's exit code, as text
+        ({"exit_code": " 0 "}, "succeeded"),
+        ({"exit_code": "137"}, "failed"),
+        ({"exit_code": 0.0}, "succeeded"),
+        ({"exit_code": -1}, "failed"),
+        ({"outcome": "succeeded", "exit_code": 1}, "succeeded"),  # a known outcome wins
+        ({"outcome": "failed", "exit_code": 0}, "failed"),
+        ({"outcome": " Success "}, "succeeded"),
+        ({"outcome": "CANCELLED"}, "failed"),
+        ({"outcome": "timed_out", "exit_code": 0}, "failed"),
+        ({"outcome": "finished", "exit_code": 0}, "succeeded"),  # an unknown word: the exit code decides
+        ({"outcome": "finished", "exit_code": 2}, "failed"),
+        ({"outcome": "finished"}, "failed"),  # unknown, and nothing else: never assumed a success
+        ({"outcome": 1}, "failed"),
+        ({"exit_code": "zero"}, "failed"),
+        ({"exit_code": None}, "failed"),
+        ({"exit_code": True}, "failed"),
+        ({"exit_code": [0]}, "failed"),
+        ({}, "succeeded"),  # said nothing: exited without reporting an error
+        ({"explanation": "done for today"}, "succeeded"),
+    ],
+)
+def test_the_status_a_runner_exit_gives_its_task(payload: dict, status: str) -> None:
+    assert exit_status(payload) == status

@@ -255,3 +255,34 @@ def test_the_store_syncs_as_configured(settings: Settings, setting: str, pragma:
     assert worker.writer._conn.execute("PRAGMA synchronous").fetchone()[0] == pragma
     with pytest.raises(ValueError, match="sqlite_synchronous"):
         Settings(sqlite_synchronous="OFF")  # type: ignore[arg-type]
+
+
+def test_a_runner_exit_with_a_textual_exit_code_zero_is_a_success(
+    settings: Settings, client: redis.Redis
+) -> None:
+    client.rpush(
+        settings.queue,
+        event("a", kind="runner_spawn"),
+        event("a", kind="runner_exit", payload={"exit_code": "0"}),
+        event("b", kind="runner_spawn"),
+        event("b", kind="runner_exit", payload={"outcome": "finished"}),  # unknown, no exit code
+    )
+    with Worker(settings) as worker:
+        drain(worker)
+    assert rows(settings.db, "SELECT task_id, status FROM tasks ORDER BY task_id") == [
+        ("a", "succeeded"),
+        ("b", "failed"),
+    ]
+
+
+def test_check_fails_while_the_heartbeat_reports_a_store_error(
+    settings: Settings, client: redis.Redis
+) -> None:
+    check = [sys.executable, "-m", "ingest", "--check"]
+    beat = {"pid": 1, "host": "h", "at": time.time(), "store_error": "database disk image is malformed"}
+    client.set(QueueKeys(settings.queue).heartbeat, orjson.dumps(beat), px=10_000)
+    done = subprocess.run(check, env=worker_env(settings), capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "cannot write the store: database disk image is malformed" in done.stderr
+    client.set(QueueKeys(settings.queue).heartbeat, orjson.dumps(beat | {"store_error": None}), px=10_000)
+    assert subprocess.run(check, env=worker_env(settings), capture_output=True).returncode == 0
