@@ -55,7 +55,6 @@ from report import publish, say
 
 from ingest.emitter import Emitter
 from ingest.localredis import RedisServer
-from ingest.queue import WorkQueue
 from ingest.worker import Worker
 from shared.keys import QueueKeys
 from shared.settings import Settings
@@ -406,12 +405,12 @@ def sample_until_drained(
     client: redis.Redis, proc: subprocess.Popen[bytes], n: int
 ) -> list[dict[str, float]]:
     """RSS every 0.5 s, with how much of the backlog is drained, until queue and processing are empty."""
-    queue = WorkQueue(client, QueueKeys(QUEUE))
+    keys = QueueKeys(QUEUE)
     process = psutil.Process(proc.pid)
     samples = []
     started = time.monotonic()
     while True:
-        remaining = queue.depth() + queue.in_flight_count()
+        remaining = sum(int(client.llen(key)) for key in (keys.queue, *keys.processing_keys))
         rss = process.memory_info().rss
         samples.append({"t": time.monotonic() - started, "drained": 1 - remaining / n, "rss_mb": rss / 2**20})
         if remaining == 0:
