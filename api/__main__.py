@@ -1,6 +1,6 @@
-"""`python -m api`: serve the read API (same as `taskevents api`)."""
+"""`python -m taskevents.api`: serve the read API (same as `taskevents api`)."""
 
-from api.cli import api_command
+from taskevents.api.cli import api_command
 
 if __name__ == "__main__":
-    api_command(prog_name="python -m api")
+    api_command(prog_name="python -m taskevents.api")

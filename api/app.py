@@ -18,14 +18,14 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
 
-from api import health, stream, tasks
-from api.deps import ReadRunner
-from api.errors import install_error_handlers
-from api.metrics import MetricsMiddleware, RequestMetrics, WorkerCollector, metrics_router
-from api.store import DEFAULT_POOL_SIZE, ReadStore, StoreUnavailable
-from api.worker_report import redis_client
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents.api import health, stream, tasks
+from taskevents.api.deps import ReadRunner
+from taskevents.api.errors import install_error_handlers
+from taskevents.api.metrics import MetricsMiddleware, RequestMetrics, WorkerCollector, metrics_router
+from taskevents.api.store import DEFAULT_POOL_SIZE, ReadStore, StoreUnavailable
+from taskevents.api.worker_report import redis_client
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 
 log = logging.getLogger("taskevents.api")
 

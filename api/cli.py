@@ -3,10 +3,10 @@
 import click
 import uvicorn
 
-from api.app import create_app
-from api.stream import WS_MAX_SIZE
-from shared.cli import env_help, settings_options
-from shared.settings import Settings
+from taskevents.api.app import create_app
+from taskevents.api.stream import WS_MAX_SIZE
+from taskevents.cli import env_help, settings_options
+from taskevents.settings import Settings
 
 
 @click.command(

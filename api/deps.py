@@ -13,8 +13,8 @@ import anyio
 import redis
 from fastapi import Depends, Request
 
-from api.store import QueryTimeout, ReadStore
-from shared.settings import Settings
+from taskevents.api.store import QueryTimeout, ReadStore
+from taskevents.settings import Settings
 
 T = TypeVar("T")
 

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.store import QueryTimeout, StoreUnavailable
+from taskevents.api.store import QueryTimeout, StoreUnavailable
 
 log = logging.getLogger("taskevents.api")
 

@@ -4,12 +4,12 @@ import redis
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from api import reads
-from api.deps import AppSettings, RedisClient, Store
-from api.models import Health, QueueStatus, Readiness, RedisStatus, StoreStatus, WorkerStatus
-from api.store import StoreUnavailable
-from api.worker_report import read_worker_report
-from shared.keys import QueueKeys
+from taskevents.api import reads
+from taskevents.api.deps import AppSettings, RedisClient, Store
+from taskevents.api.models import Health, QueueStatus, Readiness, RedisStatus, StoreStatus, WorkerStatus
+from taskevents.api.store import StoreUnavailable
+from taskevents.api.worker_report import read_worker_report
+from taskevents.keys import QueueKeys
 
 router = APIRouter(tags=["operations"])
 

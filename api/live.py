@@ -37,10 +37,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from api.livereads import Head, events_after, events_in_ranges, head, heads
-from api.store import ReadStore
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents.api.livereads import Head, events_after, events_in_ranges, head, heads
+from taskevents.api.store import ReadStore
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 
 log = logging.getLogger("taskevents.api.live")
 

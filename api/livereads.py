@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from api.queries import EVENT_JSON
+from taskevents.api.queries import EVENT_JSON
 
 _AFTER = f"""
 SELECT e.seq, e.event_type, {EVENT_JSON}

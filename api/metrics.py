@@ -17,10 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import reads
-from api.store import ReadStore, StoreUnavailable
-from api.worker_report import read_worker_report
-from shared.keys import QueueKeys
+from taskevents.api import reads
+from taskevents.api.store import ReadStore, StoreUnavailable
+from taskevents.api.worker_report import read_worker_report
+from taskevents.keys import QueueKeys
 
 log = logging.getLogger("taskevents.api.metrics")
 

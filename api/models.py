@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.event import Phase
+from taskevents.event import Phase
 
 SpanState = Literal["open", "closed", "failed"]
 TaskStatus = Literal["running", "succeeded", "failed"]

@@ -13,7 +13,7 @@ tests/test_api_queries.py with EXPLAIN QUERY PLAN):
 
 from typing import Final
 
-from shared.event import CHECKPOINT_TYPES
+from taskevents.event import CHECKPOINT_TYPES
 
 
 def _json_object(*pairs: tuple[str, str]) -> str:

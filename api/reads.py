@@ -12,9 +12,9 @@ from typing import NamedTuple
 
 import orjson
 
-from api import queries as q
-from api.cursor import encode_cursor
-from api.errors import TaskNotFound
+from taskevents.api import queries as q
+from taskevents.api.cursor import encode_cursor
+from taskevents.api.errors import TaskNotFound
 
 
 class TaskRow(NamedTuple):

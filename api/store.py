@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
-from shared.db import open_reader
-from shared.schema import SCHEMA_VERSION
+from taskevents.db import open_reader
+from taskevents.schema import SCHEMA_VERSION
 
 log = logging.getLogger("taskevents.api.store")
 

@@ -29,13 +29,13 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from api.errors import BadParameter
-from api.live import End, LiveEvent, LiveHub, follow
-from api.livereads import Head
-from api.models import ERRORS_400, ERRORS_TASK
-from api.store import StoreUnavailable
-from api.tasks import MAX_SEQ
-from shared.event import NAME_MAX_LENGTH, is_name
+from taskevents.api.errors import BadParameter
+from taskevents.api.live import End, LiveEvent, LiveHub, follow
+from taskevents.api.livereads import Head
+from taskevents.api.models import ERRORS_400, ERRORS_TASK
+from taskevents.api.store import StoreUnavailable
+from taskevents.api.tasks import MAX_SEQ
+from taskevents.event import NAME_MAX_LENGTH, is_name
 
 log = logging.getLogger("taskevents.api.stream")
 

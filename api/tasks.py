@@ -18,12 +18,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from api import reads
-from api.cursor import decode_cursor
-from api.deps import Reads
-from api.errors import BadParameter
-from api.models import ERRORS_400, ERRORS_TASK, Event, EventsPage, Graph, Snapshot, TasksPage, TaskStatus
-from shared.event import Phase
+from taskevents.api import reads
+from taskevents.api.cursor import decode_cursor
+from taskevents.api.deps import Reads
+from taskevents.api.errors import BadParameter
+from taskevents.api.models import (
+    ERRORS_400,
+    ERRORS_TASK,
+    Event,
+    EventsPage,
+    Graph,
+    Snapshot,
+    TasksPage,
+    TaskStatus,
+)
+from taskevents.event import Phase
 
 MAX_SEQ = 2**63 - 1  # SQLite's largest integer: a bigger since_seq is a 400, not an overflow
 

@@ -14,8 +14,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 
 REDIS_TIMEOUT = 0.5  # seconds, for connecting and for each reply
 

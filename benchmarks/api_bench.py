@@ -12,9 +12,9 @@ against Datasette serving the same SQLite file.
                 seq, its snapshot and its span graph; the same reads through `ReadStore.run` alone
                 (the store's share); and the graph of a probe task of the same shape in every store,
                 so "flat as the store grows" compares like with like. Median and p99 of many calls.
-  3. http       on the largest store: `python -m api` (uvicorn) and `datasette serve -i` (immutable,
-                read-only: Datasette's fastest mode) on the same file, both running, measured in turn
-                (ABAB...) by benchmarks/api_loadgen.py in a process of its own: 16 keep-alive
+  3. http       on the largest store: `python -m taskevents.api` (uvicorn) and `datasette serve -i`
+                (immutable, read-only: Datasette's fastest mode) on the same file, both running,
+                measured in turn (ABAB...) by benchmarks/api_loadgen.py in a process of its own: 16 keep-alive
                 connections, 100-event pages over many tasks and seqs, the same requests in the same
                 order for both. Datasette gets its table JSON, `_nocount=1&_nofacet=1&_nosuggest=1`,
                 facet suggestions off. Before timing, both must return the same rows for a sample.
@@ -51,10 +51,10 @@ import psutil
 import uvloop
 from report import publish, say
 
-from api import reads
-from api.app import create_app
-from ingest.localredis import RedisServer
-from shared.settings import Settings
+from taskevents.api import reads
+from taskevents.api.app import create_app
+from taskevents.ingest.localredis import RedisServer
+from taskevents.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("inprocess", "http")
@@ -568,10 +568,10 @@ def bench_http(cfg: Config, path: Path, redis_url: str, workdir: Path) -> dict[s
     api_port, ds_port = free_port(), free_port()
     servers: dict[str, Server] = {}
     try:
-        say(f"http: starting python -m api on :{api_port} and datasette -i on :{ds_port}")
+        say(f"http: starting python -m taskevents.api on :{api_port} and datasette -i on :{ds_port}")
         servers["api"] = start_server(
             "api",
-            [sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(api_port)],
+            [sys.executable, "-m", "taskevents.api", "--host", "127.0.0.1", "--port", str(api_port)],
             env,
             api_port,
             "/api/events/health",

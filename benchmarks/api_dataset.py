@@ -34,12 +34,12 @@ from typing import Any
 import orjson
 import workload
 
-from ingest.batch import decode_batch
-from ingest.emitter import _frame  # the emitter's own framing: event_uid (ULID) and emitted_at
-from ingest.writer import StoreWriter
-from shared.db import open_writer
-from shared.schema import SCHEMA_VERSION
-from shared.settings import Settings
+from taskevents.db import open_writer
+from taskevents.emitter import _frame  # the emitter's own framing: event_uid (ULID) and emitted_at
+from taskevents.ingest.batch import decode_batch
+from taskevents.ingest.writer import StoreWriter
+from taskevents.schema import SCHEMA_VERSION
+from taskevents.settings import Settings
 
 # Part of a store's cache key, with the sources of this generator, the writer and the schema.
 DATASET_VERSION = 1
@@ -353,9 +353,9 @@ def _write_via_redis(spec: StoreSpec, path: Path, workdir: Path) -> None:
     """The production path: frames pushed to a private redis-server, drained by `Worker.drain()`."""
     import redis
 
-    from ingest.localredis import RedisServer
-    from ingest.worker import Worker
-    from shared.keys import QueueKeys
+    from taskevents.ingest.localredis import RedisServer
+    from taskevents.ingest.worker import Worker
+    from taskevents.keys import QueueKeys
 
     queue = "bench:api-store"
     server = RedisServer(workdir / "redis").start()

@@ -23,13 +23,13 @@ import redis
 import workload
 from report import publish, say
 
-from ingest.emitter import Emitter
-from ingest.localredis import RedisServer
-from ingest.worker import Worker
-from ingest.writer import Decoded, StoreWriter
-from shared.db import open_writer
-from shared.event import decode
-from shared.settings import Settings
+from taskevents.db import open_writer
+from taskevents.emitter import Emitter
+from taskevents.event import decode
+from taskevents.ingest.localredis import RedisServer
+from taskevents.ingest.worker import Worker
+from taskevents.ingest.writer import Decoded, StoreWriter
+from taskevents.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 QUEUE = "bench:events"

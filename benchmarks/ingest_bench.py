@@ -12,7 +12,8 @@ configuration (append-only file, fsync every second):
   3. rq        one RQ job per event (each stores its event the original way), drained by a burst
                RQ worker in its own process; SimpleWorker and the forking Worker, the faster counts
   4. emit      `Emitter.emit()` latency on the caller's thread, the background sender running
-  5. memory    RSS of `python -m ingest` (a subprocess) while a backlog drains, sampled every 0.5 s;
+  5. memory    RSS of `python -m taskevents.ingest` (a subprocess) while a backlog drains, sampled
+               every 0.5 s;
                flat = the highest RSS of the second half less RSS at 50 % drained < 10 MB: a
                worker whose memory grew with the events it has processed fails it. The store's
                page cache (64 MiB) and the allocator's arenas fill first, over the first ~300k
@@ -53,11 +54,11 @@ import rq_baseline
 import workload
 from report import publish, say
 
-from ingest.emitter import Emitter
-from ingest.localredis import RedisServer
-from ingest.worker import Worker
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents.emitter import Emitter
+from taskevents.ingest.localredis import RedisServer
+from taskevents.ingest.worker import Worker
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 QUEUE = "bench:events"
@@ -73,7 +74,8 @@ TARGETS = {
     "memory_growth_mb": 10,
 }
 NOTES = (
-    "Ratios use 1b, the loop `python -m ingest` runs. 2a is the original as its report describes it;",
+    "Ratios use 1b, the loop `python -m taskevents.ingest` runs. 2a is the original as its report",
+    "describes it;",
     "2b favours it (our pragmas, no per-event writer-thread hand-off). Choices that favour RQ: each",
     "job stores its event the favoured way (2b), an RQ process keeps one SQLite connection, RQ logs",
     "at WARNING, RQ time excludes the worker's start-up. emit(): the buffer holds every call, so the",
@@ -432,7 +434,7 @@ def bench_memory(
     fill(client, QUEUE, workload.frames(n, tasks, seed))
     db = workdir / "memory.db"
     log = (workdir / "memory-worker.log").open("wb")
-    cmd = [sys.executable, "-m", "ingest"]
+    cmd = [sys.executable, "-m", "taskevents.ingest"]
     proc = subprocess.Popen(cmd, env=worker_env(url, db), stdout=log, stderr=subprocess.STDOUT)
     try:
         samples = sample_until_drained(client, proc, n)

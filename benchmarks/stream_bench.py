@@ -1,7 +1,8 @@
 """Live-stream benchmark: latency from `emit()` to an SSE client, with many tasks and clients at once.
 
 Runs the whole system as deployed, each part in its own process, on a private redis-server (never
-the one on port 6379): the ingest worker (`python -m ingest`), ONE API process (`python -m api`),
+the one on port 6379): the ingest worker (`python -m taskevents.ingest`), ONE API process
+(`python -m taskevents.api`),
 a producer process that emits `--rate` events/s in total round-robin over `--tasks` tasks, and
 `--clients` SSE clients (spread evenly over the tasks, connected before the first event) in this
 process, reading raw HTTP with asyncio so that the clients cost little CPU.
@@ -44,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from report import publish  # noqa: E402  (beside this script)
 
-from ingest.localredis import RedisServer  # noqa: E402
-from shared.keys import QueueKeys  # noqa: E402
+from taskevents.ingest.localredis import RedisServer  # noqa: E402
+from taskevents.keys import QueueKeys  # noqa: E402
 
 TARGETS = {"median_ms": 20.0, "p99_ms": 100.0, "missed": 0}
 QUEUE = "bench:events"
@@ -94,7 +95,7 @@ def parse_args() -> Config:
 
 def produce(tasks: int, rate: int, seconds: float) -> None:
     """Emit `rate` events/s round-robin over the tasks for `seconds`, then a runner_exit per task."""
-    from ingest.emitter import Emitter  # the producer's import only
+    from taskevents.emitter import Emitter  # the producer's import only
 
     emitter = Emitter(os.environ["TASKEVENTS_REDIS_URL"], queue=QUEUE)
     task_ids = [f"task-{i:03d}" for i in range(tasks)]
@@ -291,8 +292,8 @@ def run(cfg: Config, tmp: Path) -> dict[str, Any]:
     port = free_port()
     env = dict(os.environ, TASKEVENTS_REDIS_URL=server.url, TASKEVENTS_DB=str(tmp / "events.db"),
                TASKEVENTS_QUEUE=QUEUE, TASKEVENTS_LOG_LEVEL="WARNING")  # fmt: skip
-    worker = subprocess.Popen([sys.executable, "-m", "ingest"], env=env, cwd=ROOT)
-    api = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port)], env=env, cwd=ROOT)
+    worker = subprocess.Popen([sys.executable, "-m", "taskevents.ingest"], env=env, cwd=ROOT)
+    api = subprocess.Popen([sys.executable, "-m", "taskevents.api", "--port", str(port)], env=env, cwd=ROOT)
     client = redis.Redis.from_url(server.url)
     try:
         deadline = time.monotonic() + 30

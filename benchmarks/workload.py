@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ingest.emitter import _frame  # the emitter's own framing: event_uid (ULID) and emitted_at
+from taskevents.emitter import _frame  # the emitter's own framing: event_uid (ULID) and emitted_at
 
 PHASES = ("planning", "executing", "verifying")
 WORK_TYPES = ("code_edit", "test_run", "lint", "doc_update", "dependency_check", "build")

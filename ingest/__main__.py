@@ -1,6 +1,6 @@
-"""`python -m ingest`: run the ingest worker (same as `taskevents ingest`)."""
+"""`python -m taskevents.ingest`: run the ingest worker (same as `taskevents ingest`)."""
 
-from ingest.cli import ingest_command
+from taskevents.ingest.cli import ingest_command
 
 if __name__ == "__main__":
-    ingest_command(prog_name="python -m ingest")
+    ingest_command(prog_name="python -m taskevents.ingest")

@@ -2,9 +2,9 @@
 
 from collections.abc import Sequence
 
-from ingest import deadletters
-from ingest.writer import CommitResult, DeadMark, Decoded
-from shared.event import BadEvent, decode
+from taskevents.event import BadEvent, decode
+from taskevents.ingest import deadletters
+from taskevents.ingest.writer import CommitResult, DeadMark, Decoded
 
 
 def decode_batch(items: Sequence[bytes], max_payload_bytes: int) -> tuple[list[Decoded], list[DeadMark]]:

@@ -1,4 +1,4 @@
-"""Commands of the write path: ingest, emit, dead-letters, simulate, redis."""
+"""Commands of the worker side: ingest, dead-letters, redis."""
 
 import logging
 import os
@@ -12,14 +12,12 @@ import click
 import orjson
 import redis
 
-from ingest.deadletters import DeadLetters
-from ingest.emitter import Emitter
-from ingest.localredis import answers, find_redis_server, server_command
-from ingest.worker import Worker
-from shared.cli import env_help, settings_options
-from shared.event import PHASES
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents.cli import env_help, settings_options
+from taskevents.ingest.deadletters import DeadLetters
+from taskevents.ingest.localredis import answers, find_redis_server, server_command
+from taskevents.ingest.worker import Worker
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 
 log = logging.getLogger("taskevents.cli")
 
@@ -81,53 +79,6 @@ def _check(settings: Settings) -> int:
     return 0
 
 
-@click.command("emit", epilog=env_help("redis_url", "queue", "max_payload_bytes"))
-@click.argument("task_id")
-@click.argument("event_type")
-@click.option("--span-id", required=True, help="Span the event belongs to.")
-@click.option("--actor", default="runner", show_default=True, help="Who emits it.")
-@click.option("--phase", type=click.Choice(PHASES), help="Phase of the run, if any.")
-@click.option("--parent-span-id", help="Parent span (omit for a root span).")
-@click.option("--payload", default="{}", show_default=True, help="JSON object.")
-@click.option("--event-uid", help="Your own id for the event (repeats are stored once).")
-@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for Redis before failing.")
-@settings_options
-def emit_command(
-    settings: Settings,
-    task_id: str,
-    event_type: str,
-    span_id: str,
-    actor: str,
-    phase: str | None,
-    parent_span_id: str | None,
-    payload: str,
-    event_uid: str | None,
-    timeout: float,
-) -> None:
-    """Emit one event from a shell runner; exits 1 if Redis did not take it within --timeout."""
-    try:
-        body = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
-    emitter = Emitter.from_settings(settings)
-    try:
-        emitter.emit(
-            task_id,
-            event_type,
-            span_id=span_id,
-            actor=actor,
-            phase=phase,
-            parent_span_id=parent_span_id,
-            payload=body,
-            event_uid=event_uid,
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    if not emitter.close(timeout):
-        click.echo(f"error: event not delivered to {settings.redis_url} within {timeout:g}s", err=True)
-        sys.exit(1)
-
-
 @click.group("dead-letters", epilog=env_help("redis_url", "queue"))
 def dead_letters_command() -> None:
     """Inspect, count and replay the events the worker set aside (`<queue>:dead`)."""
@@ -181,30 +132,6 @@ def dead_purge(settings: Settings) -> None:
 
 def _dead_letters(settings: Settings) -> DeadLetters:
     return DeadLetters(redis.Redis.from_url(settings.redis_url), QueueKeys(settings.queue))
-
-
-@click.command("simulate", epilog=env_help("redis_url", "queue"))
-@click.option("--tasks", default=20, show_default=True, help="How many runs to simulate.")
-@click.option("--concurrency", default=5, show_default=True, help="Runs in progress at once.")
-@click.option(
-    "--rate", default=200.0, show_default=True, help="Events per second in total (0: as fast as possible)."
-)
-@click.option("--seed", type=int, help="Random seed, for a repeatable simulation.")
-@click.option("--prefix", default="sim", show_default=True, help="Task id prefix.")
-@settings_options
-def simulate_command(
-    settings: Settings, tasks: int, concurrency: int, rate: float, seed: int | None, prefix: str
-) -> None:
-    """Emit realistic agent runs: a runner span, the phases, parallel work items (some failing),
-    progress, checkpoints with evidence, sometimes a recovery."""
-    from ingest.simulate import simulate
-
-    emitter = Emitter.from_settings(settings)
-    count = simulate(emitter, tasks=tasks, concurrency=concurrency, rate=rate, seed=seed, prefix=prefix)
-    delivered = emitter.close(30.0)
-    click.echo(f"emitted {count} events for {tasks} tasks" + ("" if delivered else " (NOT all delivered)"))
-    if not delivered:
-        sys.exit(1)
 
 
 @click.command("redis", epilog=env_help("redis_url", "redis_dir"))

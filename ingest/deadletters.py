@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import redis
 
-from shared.clock import utc_now_ms
-from shared.keys import QueueKeys
+from taskevents.clock import utc_now_ms
+from taskevents.keys import QueueKeys
 
 HEAD_BYTES = 4096
 

@@ -33,7 +33,7 @@ import uuid
 
 import redis
 
-from shared.keys import QueueKeys
+from taskevents.keys import QueueKeys
 
 log = logging.getLogger("taskevents.worker")
 

@@ -11,10 +11,10 @@ and the rest are stored in order.
 import logging
 from collections.abc import Callable, Sequence
 
-from ingest.batch import dead_letters
-from ingest.queue import InFlight, WorkQueue
-from ingest.writer import CommitResult, DeadMark
-from shared.clock import utc_now_ms
+from taskevents.clock import utc_now_ms
+from taskevents.ingest.batch import dead_letters
+from taskevents.ingest.queue import InFlight, WorkQueue
+from taskevents.ingest.writer import CommitResult, DeadMark
 
 log = logging.getLogger("taskevents.worker")
 

@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 import redis
 
-from ingest.lease import FENCE, Lease, is_lease_lost
-from shared.keys import SLOTS, QueueKeys
+from taskevents.ingest.lease import FENCE, Lease, is_lease_lost
+from taskevents.keys import SLOTS, QueueKeys
 
 # Every script below that changes the queue starts with FENCE (ingest/lease.py): it runs only for the
 # lease holder, refreshing the lease. KEYS end with the lease key; ARGV start with the token and ttl.

@@ -12,13 +12,13 @@ A previous worker (or this one, before a store fault or a lost lease) may have l
 
 import logging
 
-from ingest.batch import dead_letters, decode_batch
-from ingest.poison import Acknowledge, settle
-from ingest.queue import InFlight, WorkQueue
-from ingest.writer import CommitResult, StoreWriter
-from shared.clock import utc_now_ms
-from shared.event import max_element_bytes
-from shared.settings import Settings
+from taskevents.clock import utc_now_ms
+from taskevents.event import max_element_bytes
+from taskevents.ingest.batch import dead_letters, decode_batch
+from taskevents.ingest.poison import Acknowledge, settle
+from taskevents.ingest.queue import InFlight, WorkQueue
+from taskevents.ingest.writer import CommitResult, StoreWriter
+from taskevents.settings import Settings
 
 log = logging.getLogger("taskevents.worker")
 

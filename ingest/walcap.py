@@ -18,7 +18,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from shared.db import BUSY_TIMEOUT_MS, WAL_LIMIT_BYTES
+from taskevents.db import BUSY_TIMEOUT_MS, WAL_LIMIT_BYTES
 
 log = logging.getLogger("taskevents.writer")
 

@@ -44,16 +44,16 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from ingest.batch import dead_letters, decode_batch
-from ingest.lease import Lease, LeaseHeld, LeaseLost
-from ingest.queue import Claim, WorkQueue
-from ingest.recovery import recover
-from ingest.writer import CommitResult, DeadMark, Decoded, StoreWriter
-from shared.db import open_writer
-from shared.event import max_element_bytes
-from shared.keys import QueueKeys
-from shared.schema import SchemaError
-from shared.settings import Settings
+from taskevents.db import open_writer
+from taskevents.event import max_element_bytes
+from taskevents.ingest.batch import dead_letters, decode_batch
+from taskevents.ingest.lease import Lease, LeaseHeld, LeaseLost
+from taskevents.ingest.queue import Claim, WorkQueue
+from taskevents.ingest.recovery import recover
+from taskevents.ingest.writer import CommitResult, DeadMark, Decoded, StoreWriter
+from taskevents.keys import QueueKeys
+from taskevents.schema import SchemaError
+from taskevents.settings import Settings
 
 log = logging.getLogger("taskevents.worker")
 

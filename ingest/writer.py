@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from ingest.lease import LeaseLost
-from ingest.walcap import WalCap
-from shared.clock import format_ms
-from shared.event import SPAN_CLOSERS, SPAN_OPENERS, WireEvent, exit_status
+from taskevents.clock import format_ms
+from taskevents.event import SPAN_CLOSERS, SPAN_OPENERS, WireEvent, exit_status
+from taskevents.ingest.lease import LeaseLost
+from taskevents.ingest.walcap import WalCap
 
 
 @dataclass(frozen=True, slots=True)

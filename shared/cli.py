@@ -1,19 +1,45 @@
-"""The `taskevents` command. Its subcommands are entry points (`taskevents.commands` in
-pyproject.toml), so this package names no command of `ingest` or `api`.
+"""The `taskevents` command: the one place that knows every subcommand, each imported only when run.
+
+The base install is the producer; the worker's and the API's commands need an extra. Each
+subcommand is named here by its module (a string, imported when the command runs, never when this
+module is), so `taskevents --help` lists every command in any install or checkout, and a command whose
+extra is missing says what to install instead of failing on an import.
 """
 
 import functools
+import importlib
 import logging
 import sys
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
-from shared.settings import Settings, build
+from taskevents.settings import Settings, build
 
-ENTRY_POINT_GROUP = "taskevents.commands"
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    module: str
+    attribute: str
+    extra: str | None  # what `pip install 'taskevents[…]'` it needs; None: the base install
+    summary: str  # for --help, without importing the command
+
+
+COMMANDS: dict[str, Command] = {
+    "emit": Command("taskevents.producer_cli", "emit_command", None, "Emit one event from a shell runner."),
+    "simulate": Command(
+        "taskevents.producer_cli", "simulate_command", None, "Emit realistic agent runs (a demo, a load)."
+    ),
+    "ingest": Command("taskevents.ingest.cli", "ingest_command", "server", "Run the ingest worker."),
+    "dead-letters": Command(
+        "taskevents.ingest.cli", "dead_letters_command", "server", "Inspect and replay the dead letters."
+    ),
+    "redis": Command("taskevents.ingest.cli", "redis_command", "server", "Provide Redis for a local run."),
+    "api": Command("taskevents.api.cli", "api_command", "server", "Serve the read API."),
+    "tail": Command("taskevents.api.tail_cli", "tail_command", "tail", "Follow a task's live stream."),
+}
 
 
 def env_help(*names: str) -> str:
@@ -54,19 +80,50 @@ def configure_logging(level: str) -> None:
     )
 
 
-class _EntryPointGroup(click.Group):
-    def _commands(self) -> dict[str, Any]:
-        return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+class _LazyGroup(click.Group):
+    """click's lazy-loading group: `COMMANDS` names the commands, a module is imported when its runs."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(self._commands())
+        return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        ep = self._commands().get(cmd_name)
-        return ep.load() if ep is not None else None
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        try:
+            command = getattr(importlib.import_module(spec.module), spec.attribute)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and exc.name.split(".")[0] == "taskevents":
+                raise  # a bug of ours, not a missing extra
+            return _missing(cmd_name, spec, exc.name or str(exc))
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The list from COMMANDS alone: --help imports no command, whatever is installed."""
+        rows = []
+        for name, spec in sorted(COMMANDS.items()):
+            needs = f" [{spec.extra}]" if spec.extra else ""
+            rows.append((name, spec.summary + needs))
+        with formatter.section("Commands ([extra]: needs pip install 'taskevents[extra]')"):
+            formatter.write_dl(rows)
 
 
-@click.group(cls=_EntryPointGroup)
+def _missing(name: str, spec: Command, module: str) -> click.Command:
+    """A stand-in for a command whose extra is not installed: it says what to install, exits 1."""
+
+    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def stand_in() -> None:
+        raise click.ClickException(
+            f"`taskevents {name}` needs the {spec.extra!r} extra ({module} is not installed): "
+            f"pip install 'taskevents[{spec.extra}]'"
+        )
+
+    stand_in.help = f"{spec.summary} Not installed: pip install 'taskevents[{spec.extra}]'."
+    return stand_in
+
+
+@click.group(cls=_LazyGroup)
 @click.version_option(package_name="taskevents")
 def main() -> None:
     """taskevents: event store and live API for watching agent runs.

@@ -4,7 +4,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from shared.schema import migrate
+from taskevents.schema import migrate
 
 BUSY_TIMEOUT_MS = 5000
 WAL_AUTOCHECKPOINT_PAGES = 16384  # 64 MiB of 4 KiB pages: the writer's PASSIVE checkpoint threshold

@@ -7,9 +7,9 @@ from typing import Any
 
 from starlette.exceptions import StarletteDeprecationWarning
 
-from ingest.emitter import Emitter
-from ingest.worker import Worker
-from shared.settings import Settings
+from taskevents.emitter import Emitter
+from taskevents.ingest.worker import Worker
+from taskevents.settings import Settings
 
 with warnings.catch_warnings():
     # Starlette asks for `httpx2` and warns when it finds only `httpx` (a dependency of ours, for
@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
-from api.app import create_app  # noqa: E402
+from taskevents.api.app import create_app  # noqa: E402
 
 __all__ = ["TestClient", "api_client", "emitter", "ingest", "stored"]
 

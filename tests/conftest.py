@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
-from ingest.localredis import RedisServer, find_redis_server
-from ingest.worker import Worker
-from shared.settings import Settings
+from taskevents.ingest.localredis import RedisServer, find_redis_server
+from taskevents.ingest.worker import Worker
+from taskevents.settings import Settings
 from tests.helpers import reap_workers
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""The real worker (`python -m ingest`) with a fault injected for tests, never in production code.
+"""The real worker (`python -m taskevents.ingest`) with a fault injected for tests, never in production code.
 
 `python -m tests.crashing_worker` runs the same command after wrapping `StoreWriter.commit`: a batch
 holding an event whose payload has the key `__crash__` makes the commit path die every time, as a
@@ -13,8 +13,8 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
-from ingest.cli import ingest_command
-from ingest.writer import CommitResult, Decoded, StoreWriter
+from taskevents.ingest.cli import ingest_command
+from taskevents.ingest.writer import CommitResult, Decoded, StoreWriter
 
 _commit = StoreWriter.commit
 

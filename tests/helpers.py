@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.settings import Settings
+from taskevents.settings import Settings
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -29,8 +29,8 @@ started_workers: list[subprocess.Popen[bytes]] = []
 
 
 def start_worker(settings: Settings, *, log: Path | None = None, **extra: str) -> subprocess.Popen[bytes]:
-    """The real worker, as `python -m ingest`, in a process of its own; its stderr to `log` if given."""
-    command = [sys.executable, "-m", "ingest"]
+    """The real worker, `python -m taskevents.ingest`, in a process of its own; stderr to `log` if given."""
+    command = [sys.executable, "-m", "taskevents.ingest"]
     if log is None:
         proc = subprocess.Popen(command, env=worker_env(settings, **extra))
     else:

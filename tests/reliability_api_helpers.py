@@ -1,5 +1,5 @@
-"""Helpers of the read API's reliability tests: the real `python -m api` process, a backlog of events in
-Redis for the real worker, and readers that check every answer they get against the last one.
+"""Helpers of the read API's reliability tests: the real `python -m taskevents.api` process, a backlog
+of events in Redis for the real worker, and readers that check every answer they get against the last one.
 
 A reader is a person's browser tab: it walks a task with `/events` and the `next_seq` cursor, and now and
 then renders `/events/snapshot` or `/events/latest`. Whatever the worker is doing meanwhile (ingesting at
@@ -27,8 +27,8 @@ import httpx
 import orjson
 from httpx_sse import aconnect_sse
 
-from ingest.localredis import free_port
-from shared.settings import Settings
+from taskevents.ingest.localredis import free_port
+from taskevents.settings import Settings
 from tests.api_helpers import emitter
 from tests.helpers import wait_for
 
@@ -47,9 +47,9 @@ class ApiProcess:
 
 @contextmanager
 def api_process(settings: Settings, log: Path, **env: str) -> Iterator[ApiProcess]:
-    """`python -m api` on a free port (stderr to `log`), stopped with SIGTERM at the end."""
+    """`python -m taskevents.api` on a free port (stderr to `log`), stopped with SIGTERM at the end."""
     port = free_port()
-    argv = [sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "taskevents.api", "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--db", str(settings.db), "--redis-url", settings.redis_url, "--queue", settings.queue]
     with open(log, "wb") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=os.environ | env)

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import redis
 
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 from tests.helpers import rows, started_workers, stored_count, worker_env
 
 

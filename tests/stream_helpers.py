@@ -1,7 +1,8 @@
 """Helpers of the live-stream tests: the API served by a real uvicorn, a byte-level SSE reader.
 
 The API runs in a thread of the test process (so a test can look at its LiveHub), on a real socket, so
-SSE and WebSocket go over real HTTP; the worker is the real one, `python -m ingest`, in a subprocess.
+SSE and WebSocket go over real HTTP; the worker is the real one, `python -m taskevents.ingest`, in a
+subprocess.
 """
 
 import socket
@@ -18,11 +19,11 @@ import orjson
 import uvicorn
 from fastapi import FastAPI
 
-from api.app import create_app
-from api.live import LiveHub
-from api.stream import WS_MAX_SIZE
-from ingest.emitter import Emitter
-from shared.settings import Settings
+from taskevents.api.app import create_app
+from taskevents.api.live import LiveHub
+from taskevents.api.stream import WS_MAX_SIZE
+from taskevents.emitter import Emitter
+from taskevents.settings import Settings
 from tests.helpers import rows, start_worker, wait_for
 
 

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from ingest.worker import Worker
-from shared.settings import Settings
+from taskevents.ingest.worker import Worker
+from taskevents.settings import Settings
 from tests.api_helpers import TestClient, stored
 
 pytestmark = pytest.mark.redis_server

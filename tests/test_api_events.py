@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from ingest import lifecycle as lc
-from ingest.emitter import Emitter
-from shared.settings import Settings
+from taskevents import lifecycle as lc
+from taskevents.emitter import Emitter
+from taskevents.settings import Settings
 from tests.api_helpers import TestClient, ingest, seqs, stored
 
 pytestmark = pytest.mark.redis_server

@@ -3,9 +3,9 @@
 import pytest
 from pydantic import BaseModel, TypeAdapter
 
-from api.models import ErrorBody, Event, EventsPage, Graph, Health, Readiness, Snapshot, TasksPage
-from ingest.simulate import simulate
-from shared.settings import Settings
+from taskevents.api.models import ErrorBody, Event, EventsPage, Graph, Health, Readiness, Snapshot, TasksPage
+from taskevents.settings import Settings
+from taskevents.simulate import simulate
 from tests.api_helpers import TestClient, ingest
 
 pytestmark = pytest.mark.redis_server

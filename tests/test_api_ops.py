@@ -1,5 +1,5 @@
 """The API as operations see it: health, readiness with Redis up and down, /metrics, a read-only
-connection pool, and the real `python -m api` process serving while the real worker ingests."""
+connection pool, and the real `python -m taskevents.api` process serving while the real worker ingests."""
 
 import re
 import signal
@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.store import ReadStore
-from ingest.localredis import RedisServer, free_port
-from ingest.worker import Worker
-from shared.schema import SCHEMA_VERSION
-from shared.settings import Settings
+from taskevents.api.store import ReadStore
+from taskevents.ingest.localredis import RedisServer, free_port
+from taskevents.ingest.worker import Worker
+from taskevents.schema import SCHEMA_VERSION
+from taskevents.settings import Settings
 from tests.api_helpers import TestClient, api_client, emitter, stored
 from tests.helpers import start_worker, wait_for
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.redis_server
 
 
 def test_health_is_the_originals(api_http: TestClient) -> None:
-    from api.app import package_version
+    from taskevents.api.app import package_version
 
     assert api_http.get("/api/events/health").json() == {
         "status": "ok",
@@ -182,14 +182,14 @@ def test_the_pool_is_bounded(settings: Settings) -> None:
 
 
 def start_api(settings: Settings, port: int) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "taskevents.api", "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--db", str(settings.db), "--redis-url", settings.redis_url, "--queue", settings.queue]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 @pytest.fixture
 def api_process(settings: Settings) -> Iterator[str]:
-    """`python -m api` on a free port; yields its base URL. Stopped with SIGTERM: a graceful shutdown."""
+    """`python -m taskevents.api` on a free port; yields its base URL. Stopped with SIGTERM: graceful."""
     port = free_port()
     proc = start_api(settings, port)
     base = f"http://127.0.0.1:{port}"

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from api import queries as q
-from shared.db import open_reader, open_writer
+from taskevents.api import queries as q
+from taskevents.db import open_reader, open_writer
 
 PLANS = {
     "TASK": ["SEARCH tasks USING PRIMARY KEY (task_id=?)"],

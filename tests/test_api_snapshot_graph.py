@@ -3,10 +3,10 @@ and runner_exit, spans opened before the window, spans closed long ago, parallel
 
 import pytest
 
-from ingest import lifecycle as lc
-from ingest.emitter import Emitter
-from ingest.simulate import simulate
-from shared.settings import Settings
+from taskevents import lifecycle as lc
+from taskevents.emitter import Emitter
+from taskevents.settings import Settings
+from taskevents.simulate import simulate
 from tests.api_helpers import TestClient, ingest, seqs
 
 pytestmark = pytest.mark.redis_server

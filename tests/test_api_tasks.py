@@ -4,9 +4,9 @@ import base64
 
 import pytest
 
-from ingest import lifecycle as lc
-from ingest.emitter import Emitter
-from shared.settings import Settings
+from taskevents import lifecycle as lc
+from taskevents.emitter import Emitter
+from taskevents.settings import Settings
 from tests.api_helpers import TestClient, ingest
 
 pytestmark = pytest.mark.redis_server

@@ -7,9 +7,9 @@ answered 503 `query_timeout`, and the connection it used serves the next request
 
 import pytest
 
-from api.deps import INLINE_BUDGET
-from ingest.emitter import Emitter
-from shared.settings import Settings
+from taskevents.api.deps import INLINE_BUDGET
+from taskevents.emitter import Emitter
+from taskevents.settings import Settings
 from tests.api_helpers import api_client, ingest
 
 pytestmark = pytest.mark.redis_server

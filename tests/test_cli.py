@@ -9,17 +9,17 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from ingest.worker import Worker
-from shared.cli import main
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents.cli import main
+from taskevents.ingest.worker import Worker
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 
 COMMANDS = ["dead-letters", "emit", "ingest", "redis", "simulate"]
 
 
 def run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from shared.cli import main; main()", *args],
+        [sys.executable, "-c", "from taskevents.cli import main; main()", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -83,7 +83,7 @@ def test_emit_refuses_bad_arguments_with_the_field_named(settings: Settings, cli
 
 
 def test_emit_fails_when_redis_cannot_take_the_event(tmp_path: Path) -> None:
-    from ingest.localredis import free_port
+    from taskevents.ingest.localredis import free_port
 
     settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", db=tmp_path / "x.db")
     done = run(settings, "emit", "t", "runner_spawn", "--span-id", "r", "--timeout", "0.5")

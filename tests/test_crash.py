@@ -9,9 +9,9 @@ import orjson
 import pytest
 import redis
 
-from ingest import Emitter
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents import Emitter
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 from tests.helpers import rows, start_worker, wait_for
 
 pytestmark = [pytest.mark.redis_server, pytest.mark.slow]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ingest.localredis import SAFE_ARGS
+from taskevents.ingest.localredis import SAFE_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 

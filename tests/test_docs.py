@@ -5,8 +5,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from shared.cli import main
-from shared.settings import Settings
+from taskevents.cli import main
+from taskevents.settings import Settings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -12,9 +12,15 @@ import orjson
 import pytest
 import redis
 
-from ingest import Emitter, emit_checkpoint_commit, emit_phase_enter, emit_runner_spawn, emit_work_item_start
-from ingest.localredis import RedisServer, free_port
-from shared.settings import Settings
+from taskevents import (
+    Emitter,
+    emit_checkpoint_commit,
+    emit_phase_enter,
+    emit_runner_spawn,
+    emit_work_item_start,
+)
+from taskevents.ingest.localredis import RedisServer, free_port
+from taskevents.settings import Settings
 from tests.helpers import wait_for
 
 QUEUE = "taskevents:events"
@@ -221,7 +227,7 @@ def test_a_forked_child_gets_a_working_emitter_of_its_own(settings: Settings, cl
 def test_pending_events_are_flushed_at_interpreter_exit(settings: Settings, client: redis.Redis) -> None:
     script = (
         "import sys\n"
-        "from ingest import Emitter\n"
+        "from taskevents import Emitter\n"
         "e = Emitter(sys.argv[1], queue=sys.argv[2])\n"
         "for i in range(2000):\n"
         "    e.emit('t', 'work_item_progress', span_id='s', actor='worker', payload={'i': i})\n"
@@ -233,7 +239,7 @@ def test_pending_events_are_flushed_at_interpreter_exit(settings: Settings, clie
 @pytest.mark.redis_server
 def test_exit_is_bounded_when_redis_is_unreachable() -> None:
     script = (
-        "from ingest import Emitter\n"
+        "from taskevents import Emitter\n"
         f"e = Emitter('redis://127.0.0.1:{free_port()}/0', flush_timeout=1.0)\n"
         "e.emit('t', 'runner_spawn', span_id='s', actor='runner')\n"
     )

@@ -15,10 +15,10 @@ import orjson
 import pytest
 import redis
 
-from ingest import Emitter
-from ingest.localredis import RedisServer
-from shared.settings import ProducerSettings, Settings
-from shared.tail import TaskTail
+from taskevents import Emitter
+from taskevents.api.tail import TaskTail
+from taskevents.ingest.localredis import RedisServer
+from taskevents.settings import ProducerSettings, Settings
 
 
 def test_emitter_without_arguments_pushes_where_the_environment_says(
@@ -26,7 +26,7 @@ def test_emitter_without_arguments_pushes_where_the_environment_says(
 ) -> None:
     # A process of its own: the environment is the runner's, and 6379 must not receive anything.
     code = (
-        "from ingest import Emitter\n"
+        "from taskevents import Emitter\n"
         "e = Emitter()\n"
         "e.emit('t-env', 'runner_spawn', span_id='r', actor='runner')\n"
         "assert e.close(5)\n"
@@ -78,10 +78,10 @@ def test_the_environment_is_read_when_the_emitter_is_built_and_arguments_win(
 def test_importing_the_package_reads_no_environment() -> None:
     code = (
         "import os\n"
-        "import ingest, shared.tail\n"
+        "import taskevents, taskevents.api.tail\n"
         "os.environ['TASKEVENTS_QUEUE'] = 'set:after:import'\n"
         "import fakeredis\n"
-        "e = ingest.Emitter(client=fakeredis.FakeRedis())\n"
+        "e = taskevents.Emitter(client=fakeredis.FakeRedis())\n"
         "print(e.queue)\n"
         "e.close(0)\n"
     )

@@ -3,7 +3,7 @@
 import orjson
 import pytest
 
-from shared.event import BadEvent, decode, encode_payload, exit_status
+from taskevents.event import BadEvent, decode, encode_payload, exit_status
 
 LIMIT = 64 * 1024
 GOOD = {"task_id": "t1", "event_type": "phase_enter", "phase": "planning", "actor": "runner", "span_id": "s1"}
@@ -81,7 +81,7 @@ def test_payload_encoding_is_strict_json() -> None:
      ("ab\n", False), ("a\x7f", False)],
 )  # fmt: skip
 def test_is_name_is_the_rule_the_event_model_applies_to_ids(text: str, ok: bool) -> None:
-    from shared.event import is_name
+    from taskevents.event import is_name
 
     assert is_name(text) is ok
     with_id = orjson.dumps({**GOOD, "task_id": text})

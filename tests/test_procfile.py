@@ -11,8 +11,8 @@ import httpx
 import pytest
 import yaml
 
-from ingest import Emitter
-from ingest.localredis import RedisServer, answers, free_port
+from taskevents import Emitter
+from taskevents.ingest.localredis import RedisServer, answers, free_port
 from tests.helpers import rows, wait_for
 from tests.test_deploy_files import healthcheck_argv
 
@@ -98,7 +98,7 @@ def test_an_existing_redis_is_used_not_replaced(tmp_path: Path, own_redis_server
 def test_without_redis_on_path_the_bundled_server_is_used(tmp_path: Path) -> None:
     probe = (
         "from pathlib import Path\n"
-        "from ingest.localredis import RedisServer\n"
+        "from taskevents.ingest.localredis import RedisServer\n"
         "server = RedisServer(Path(__import__('sys').argv[1])).start()\n"
         "print(server.binary)\n"
         "server.stop()\n"

@@ -13,10 +13,10 @@ import orjson
 import pytest
 import redis
 
-from ingest.batch import decode_batch
-from ingest.worker import Worker
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents.ingest.batch import decode_batch
+from taskevents.ingest.worker import Worker
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 from tests.helpers import rows, wait_for
 
 pytestmark = pytest.mark.redis_server

@@ -29,10 +29,10 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from api.app import create_app
-from ingest.localredis import RedisServer
-from ingest.worker import Worker
-from shared.settings import Settings
+from taskevents.api.app import create_app
+from taskevents.ingest.localredis import RedisServer
+from taskevents.ingest.worker import Worker
+from taskevents.settings import Settings
 from tests.api_helpers import emitter
 from tests.stream_helpers import live
 

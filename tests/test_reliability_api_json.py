@@ -20,8 +20,8 @@ import pytest
 from httpx_sse import connect_sse
 from websockets.sync.client import connect
 
-from shared.settings import Settings
-from shared.tail import TaskTail
+from taskevents.api.tail import TaskTail
+from taskevents.settings import Settings
 from tests.stream_helpers import Live, live, read_frames
 
 pytestmark = pytest.mark.redis_server

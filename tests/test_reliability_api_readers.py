@@ -1,5 +1,5 @@
-"""The read API under load and while the worker crashes: the real `python -m api`, the real worker
-(`python -m ingest`) draining a backlog at full speed, 32 REST readers and 4 SSE followers.
+"""The read API under load and while the worker crashes: the real `python -m taskevents.api`, the real worker
+(`python -m taskevents.ingest`) draining a backlog at full speed, 32 REST readers and 4 SSE followers.
 
 Every answer a reader gets must be a 200, or a 404 for a task it has never seen; no 5xx, no connection
 error; pages by cursor without a gap; `total` and `latest_seq` never going backwards; each SSE follower
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.db import WAL_LIMIT_BYTES, open_reader, open_writer
-from shared.settings import Settings
+from taskevents.db import WAL_LIMIT_BYTES, open_reader, open_writer
+from taskevents.settings import Settings
 from tests.helpers import seqs_by_task, start_worker, stored_count, wait_for
 from tests.reliability_api_helpers import (
     ReadLog,

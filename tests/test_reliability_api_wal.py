@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ingest.walcap import WalCap
-from shared.db import BUSY_TIMEOUT_MS, WAL_LIMIT_BYTES, open_reader, open_writer
-from shared.settings import Settings
+from taskevents.db import BUSY_TIMEOUT_MS, WAL_LIMIT_BYTES, open_reader, open_writer
+from taskevents.ingest.walcap import WalCap
+from taskevents.settings import Settings
 from tests.api_helpers import emitter
 from tests.helpers import start_worker, stored_count, wait_for
 from tests.reliability_api_helpers import (

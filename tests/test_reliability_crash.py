@@ -16,10 +16,10 @@ import orjson
 import pytest
 import redis
 
-from ingest import Emitter
-from ingest.worker import Worker
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents import Emitter
+from taskevents.ingest.worker import Worker
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 from tests.helpers import rows, start_worker
 from tests.reliability_write_helpers import last_batch, raw_event, wait_until_stored
 

@@ -14,10 +14,10 @@ import psutil
 import pytest
 import redis
 
-from ingest.deadletters import HEAD_BYTES, DeadLetters
-from shared.event import max_element_bytes
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents.event import max_element_bytes
+from taskevents.ingest.deadletters import HEAD_BYTES, DeadLetters
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 from tests.helpers import rows, start_worker, wait_for
 from tests.reliability_write_helpers import settled
 
@@ -204,7 +204,7 @@ def _refuse(constant: str) -> None:
 
 
 def test_a_too_large_element_is_refused_before_it_is_parsed() -> None:
-    from shared.event import BadEvent, decode
+    from taskevents.event import BadEvent, decode
 
     # Not even JSON: refused by its size alone.
     with pytest.raises(BadEvent) as caught:

@@ -14,8 +14,8 @@ import orjson
 import pytest
 import redis
 
-from shared.keys import SLOTS, QueueKeys
-from shared.settings import Settings
+from taskevents.keys import SLOTS, QueueKeys
+from taskevents.settings import Settings
 from tests.helpers import rows, seqs_by_task, stored_count
 from tests.reliability_write_helpers import raw_event, settled, start_crashing_worker
 

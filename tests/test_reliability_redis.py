@@ -16,9 +16,9 @@ import pytest
 import redis
 import yaml
 
-from ingest import Emitter
-from ingest.localredis import SAFE_ARGS, RedisServer, free_port
-from shared.settings import Settings
+from taskevents import Emitter
+from taskevents.ingest.localredis import SAFE_ARGS, RedisServer, free_port
+from taskevents.settings import Settings
 from tests.helpers import rows, start_worker, stored_count, wait_for
 from tests.reliability_write_helpers import heartbeat, raw_event, wait_until_stored
 
@@ -186,7 +186,7 @@ def test_the_shipped_redis_configuration_is_the_safe_one(tmp_path: Path) -> None
     )
     assert "redis: taskevents redis" in (ROOT / "Procfile").read_text()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from shared.cli import main; main()", "redis"],
+        [sys.executable, "-c", "from taskevents.cli import main; main()", "redis"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -18,12 +18,12 @@ import orjson
 import pytest
 import redis
 
-from ingest.batch import decode_batch
-from ingest.lease import LeaseHeld, LeaseLost
-from ingest.worker import Worker
-from ingest.writer import StoreFenced
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents.ingest.batch import decode_batch
+from taskevents.ingest.lease import LeaseHeld, LeaseLost
+from taskevents.ingest.worker import Worker
+from taskevents.ingest.writer import StoreFenced
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 from tests.helpers import rows, seqs_by_task, start_worker, stored_count, wait_for
 from tests.reliability_write_helpers import heartbeat, raw_event, settled, wait_until_stored
 
@@ -245,5 +245,6 @@ def test_a_standby_takes_over_the_lapsed_lease_of_a_worker_on_another_host(
     assert TTL - 0.2 <= took_over <= TTL + 1.0  # not before the lease lapsed; soon after
     assert_each_stored_once_in_order(settings, 500)
     print(
-        f"\nthe lapsed lease of a worker elsewhere was taken {took_over:.2f}s after its last renewal (TTL {TTL:g}s)"
+        f"\nthe lapsed lease of a worker elsewhere was taken {took_over:.2f}s after its last renewal "
+        f"(TTL {TTL:g}s)"
     )

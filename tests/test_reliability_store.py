@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from ingest.worker import Worker
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents.ingest.worker import Worker
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 from tests.conftest import IN_CI
 from tests.helpers import rows, seqs_by_task, start_worker, stored_count, wait_for
 from tests.reliability_write_helpers import heartbeat, raw_event, wait_until_stored

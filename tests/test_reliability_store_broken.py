@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 from tests.api_helpers import TestClient, api_client
 from tests.helpers import rows, seqs_by_task, start_worker, stored_count, wait_for, worker_env
 from tests.reliability_write_helpers import heartbeat, raw_event, settled, wait_until_stored
@@ -41,7 +41,10 @@ def held_in_redis(client: redis.Redis, settings: Settings) -> int:
 
 def check(settings: Settings) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ingest", "--check"], env=worker_env(settings), capture_output=True, text=True
+        [sys.executable, "-m", "taskevents.ingest", "--check"],
+        env=worker_env(settings),
+        capture_output=True,
+        text=True,
     )
 
 

@@ -20,8 +20,8 @@ from pydantic import TypeAdapter, ValidationError
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from api.stream import HELLO_MAX_BYTES, WS_MAX_SIZE
-from shared.settings import Settings
+from taskevents.api.stream import HELLO_MAX_BYTES, WS_MAX_SIZE
+from taskevents.settings import Settings
 from tests.stream_helpers import Live, live
 
 pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
@@ -65,7 +65,7 @@ def valid(text: str | None) -> bool:
 
 @pytest.fixture(scope="module")
 def ended(redis_server: object, tmp_path_factory: pytest.TempPathFactory) -> object:
-    from ingest.localredis import RedisServer
+    from taskevents.ingest.localredis import RedisServer
 
     assert isinstance(redis_server, RedisServer)
     settings = Settings(

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-import ingest.simulate as simulate_module
-from ingest.emitter import Emitter
-from ingest.simulate import simulate
-from shared.event import EVENT_TYPES, SPAN_CLOSERS, SPAN_OPENERS, WireEvent, encode_payload
+import taskevents.simulate as simulate_module
+from taskevents.emitter import Emitter
+from taskevents.event import EVENT_TYPES, SPAN_CLOSERS, SPAN_OPENERS, WireEvent, encode_payload
+from taskevents.simulate import simulate
 
 
 class RecordingEmitter(Emitter):

@@ -12,9 +12,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-import api.stream
-from shared.settings import Settings
-from shared.tail import TailError, TaskTail
+from taskevents.api import stream as api_stream
+from taskevents.api.tail import TailError, TaskTail
+from taskevents.settings import Settings
 from tests.helpers import wait_for
 from tests.stream_helpers import ApiServer, live
 
@@ -119,7 +119,7 @@ def test_websocket_replay_then_live_then_end(settings: Settings) -> None:
 
 
 def test_websocket_errors_are_close_codes(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api.stream, "HELLO_TIMEOUT", 0.5)
+    monkeypatch.setattr(api_stream, "HELLO_TIMEOUT", 0.5)
     with live(settings) as lv:
         ws_url = lv.url.replace("http://", "ws://")
         for path, first in [
@@ -133,8 +133,8 @@ def test_websocket_errors_are_close_codes(settings: Settings, monkeypatch: pytes
                 if first is not None:
                     ws.send(first)
                 assert _messages(ws) == []
-                assert ws.close_code == api.stream.WS_BAD_REQUEST, (path, first)
+                assert ws.close_code == api_stream.WS_BAD_REQUEST, (path, first)
                 assert "since_seq" in ws.close_reason or "first message" in ws.close_reason
         with connect(f"{ws_url}/ws/tasks/t/events") as ws:  # says nothing
             assert _messages(ws) == []
-            assert ws.close_code == api.stream.WS_HELLO_TIMEOUT
+            assert ws.close_code == api_stream.WS_HELLO_TIMEOUT

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis
 
-from shared.settings import Settings
+from taskevents.settings import Settings
 from tests.helpers import wait_for
 from tests.stream_helpers import FrameParser, event_seqs, live, read_frames, small_receive_buffer_client
 

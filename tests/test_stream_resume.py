@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from shared.settings import Settings
+from taskevents.settings import Settings
 from tests.stream_helpers import ApiServer, FrameParser, event_seqs, live, read_frames
 
 pytestmark = pytest.mark.redis_server

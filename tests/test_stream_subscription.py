@@ -3,7 +3,7 @@
 import asyncio
 from typing import Any
 
-from api.live import PAGE, LiveEvent, Subscription
+from taskevents.api.live import PAGE, LiveEvent, Subscription
 
 
 class FakeHub:

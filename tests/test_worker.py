@@ -10,11 +10,11 @@ import orjson
 import pytest
 import redis
 
-from ingest import Emitter
-from ingest.batch import decode_batch
-from ingest.worker import Worker
-from shared.keys import QueueKeys
-from shared.settings import Settings
+from taskevents import Emitter
+from taskevents.ingest.batch import decode_batch
+from taskevents.ingest.worker import Worker
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 from tests.helpers import rows, seqs_by_task, start_worker, stored_count, wait_for, worker_env
 
 pytestmark = pytest.mark.redis_server
@@ -224,7 +224,7 @@ def test_sigterm_finishes_the_batch_and_exits_zero(settings: Settings, client: r
 
 
 def test_check_reports_the_heartbeat(settings: Settings) -> None:
-    check = [sys.executable, "-m", "ingest", "--check"]
+    check = [sys.executable, "-m", "taskevents.ingest", "--check"]
     assert subprocess.run(check, env=worker_env(settings), capture_output=True).returncode == 1
     proc = start_worker(settings)
     try:
@@ -278,7 +278,7 @@ def test_a_runner_exit_with_a_textual_exit_code_zero_is_a_success(
 def test_check_fails_while_the_heartbeat_reports_a_store_error(
     settings: Settings, client: redis.Redis
 ) -> None:
-    check = [sys.executable, "-m", "ingest", "--check"]
+    check = [sys.executable, "-m", "taskevents.ingest", "--check"]
     beat = {"pid": 1, "host": "h", "at": time.time(), "store_error": "database disk image is malformed"}
     client.set(QueueKeys(settings.queue).heartbeat, orjson.dumps(beat), px=10_000)
     done = subprocess.run(check, env=worker_env(settings), capture_output=True, text=True)

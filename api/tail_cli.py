@@ -5,8 +5,8 @@ import sys
 import click
 import orjson
 
-from shared.cli import configure_logging, env_help
-from shared.tail import TailError, TaskTail
+from taskevents.api.tail import TailError, TaskTail
+from taskevents.cli import configure_logging, env_help
 
 
 @click.command(

@@ -22,9 +22,9 @@ from pydantic import ValidationError
 from redis.backoff import ExponentialWithJitterBackoff
 from ulid import ULID
 
-from shared.clock import format_ms
-from shared.event import BadEvent, WireEvent, describe, encode_payload
-from shared.settings import ProducerSettings, build
+from taskevents.clock import format_ms
+from taskevents.event import BadEvent, WireEvent, describe, encode_payload
+from taskevents.settings import ProducerSettings, build
 
 log = logging.getLogger("taskevents.emitter")
 

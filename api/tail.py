@@ -22,7 +22,7 @@ import httpx
 import orjson
 from httpx_sse import SSEError, connect_sse
 
-from shared.settings import ApiClientSettings, build
+from taskevents.settings import ApiClientSettings, build
 
 log = logging.getLogger("taskevents.tail")
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Generator, Iterator
 from functools import partial
 from typing import Any
 
-from ingest import lifecycle as lc
-from ingest.emitter import Emitter
+from taskevents import lifecycle as lc
+from taskevents.emitter import Emitter
 
 Step = Callable[[], None]  # emits exactly one event
 Steps = Iterator[Step]

@@ -7,7 +7,7 @@ built from TASKEVENTS_* settings on first use).
 import threading
 from typing import Any
 
-from ingest.emitter import Emitter
+from taskevents.emitter import Emitter
 
 _default: Emitter | None = None
 _default_lock = threading.Lock()
