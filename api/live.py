@@ -1,10 +1,11 @@
 """The live feed of one API process: one Redis subscription, fanned out to every streaming client.
 
-The worker PUBLISHes `{"batch": N, "tasks": {task_id: [first_seq, last_seq]}}` on `<queue>:commits`
-after each commit. The hub holds ONE subscription to it; for each notification it reads the new rows
-of the tasks somebody is watching from the store once (one statement, on a worker thread) and hands
-the same event objects to each of their subscriptions. Notifications that arrive while a read is in
-progress are merged, so a busy hub reads less often, in larger ranges.
+The worker PUBLISHes a CommitNotice (shared/messages.py: `{"batch": N, "tasks": {task_id:
+[first_seq, last_seq]}}`) on `<queue>:commits` after each commit. The hub holds ONE subscription to
+it; for each notification it reads the new rows of the tasks somebody is watching from the store once
+(one statement, on a worker thread) and hands the same event objects to each of their subscriptions.
+Notifications that arrive while a read is in progress are merged, so a busy hub reads less often, in
+larger ranges.
 
 Every subscription keeps its own cursor (the last seq its client was given) and delivers strictly
 cursor + 1, cursor + 2, ...: an event at or below the cursor is dropped (no repeat), and an event past
@@ -33,13 +34,13 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from taskevents.api.livereads import Head, events_after, events_in_ranges, head, heads
 from taskevents.api.store import ReadStore
 from taskevents.keys import QueueKeys
+from taskevents.messages import CommitNotice
 from taskevents.settings import Settings
 
 log = logging.getLogger("taskevents.api.live")
@@ -307,9 +308,8 @@ class LiveHub:
 
     def _receive(self, data: bytes) -> None:
         try:
-            tasks = orjson.loads(data)["tasks"]
-            ranges = {str(task_id): (int(first), int(last)) for task_id, (first, last) in tasks.items()}
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            ranges = CommitNotice.decode(data).tasks
+        except ValueError:
             log.warning("ignoring a malformed commit notification: %r", data[:200])
             return
         self.notifications += 1

@@ -101,13 +101,13 @@ class WorkerCollector:
             return [up]
         up.add_metric([], 1)
         out: list[Metric] = [up]
-        for name, value in sorted(report.counters.items()):
+        for name, value in sorted(report.counters.model_dump().items()):
             counter = CounterMetricFamily(
                 f"taskevents_worker_{name}", f"The worker's `{name}` counter (<queue>:worker:stats)."
             )
             counter.add_metric([], value)
             out.append(counter)
-        batches, ingested = report.counters.get("batches", 0), report.counters.get("ingested", 0)
+        batches, ingested = report.counters.batches, report.counters.ingested
         if batches:
             out.append(
                 _gauge(

@@ -1,7 +1,8 @@
 """Response models: what /docs and /openapi.json say each endpoint returns.
 
 The bodies themselves are built as JSON bytes (api/reads.py) and not validated against these on the
-way out; tests/test_api_openapi.py checks that real responses match them.
+way out; the schemathesis fuzz (tests/test_reliability_api_fuzz.py) checks that real responses
+match them.
 """
 
 from typing import Any, Literal
@@ -9,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskevents.event import Phase
+from taskevents.messages import Heartbeat, WorkerStats
 
 SpanState = Literal["open", "closed", "failed"]
 TaskStatus = Literal["running", "succeeded", "failed"]
@@ -143,14 +145,16 @@ class QueueStatus(BaseModel):
 class WorkerStatus(BaseModel):
     alive: bool = Field(description="A heartbeat is present (it expires after TASKEVENTS_HEARTBEAT_TTL).")
     heartbeat_age_seconds: float | None = None
-    heartbeat: dict[str, Any] | None = Field(None, description="The worker's heartbeat as it wrote it.")
+    heartbeat: Heartbeat | None = Field(None, description="The active worker's heartbeat, as it wrote it.")
     store_error: str | None = Field(
         None, description="Why the worker cannot write the store (it then consumes nothing), if it cannot."
     )
     standbys: list[str] = Field(
         default_factory=list, description="Workers waiting to take over (host:pid-namespace:pid)."
     )
-    counters: dict[str, int] = Field(default_factory=dict, description="The `<queue>:worker:stats` hash.")
+    counters: WorkerStats = Field(
+        default_factory=WorkerStats, description="The `<queue>:worker:stats` hash: every worker's, summed."
+    )
 
 
 class Readiness(BaseModel):

@@ -5,17 +5,19 @@ Redis client has short timeouts and no retries: a Redis that is down makes a che
 unreachable" within a second, it never hangs a request.
 """
 
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-import orjson
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from taskevents.keys import QueueKeys
+from taskevents.messages import Heartbeat, WorkerStats
 from taskevents.settings import Settings
+
+log = logging.getLogger("taskevents.api")
 
 REDIS_TIMEOUT = 0.5  # seconds, for connecting and for each reply
 
@@ -35,20 +37,18 @@ class WorkerReport:
     depth: int
     in_flight: int
     dead_letters: int
-    heartbeat: dict[str, Any] | None  # None: no heartbeat within its TTL, no worker running
-    counters: dict[str, int] = field(default_factory=dict)
+    heartbeat: Heartbeat | None  # None: no heartbeat within its TTL (no worker running), or not one
+    counters: WorkerStats = field(default_factory=WorkerStats)
     standbys: list[str] = field(default_factory=list)  # workers waiting for the lease
 
     @property
     def store_error(self) -> str | None:
-        error = (self.heartbeat or {}).get("store_error")
-        return str(error) if error else None
+        return self.heartbeat.store_error if self.heartbeat is not None else None
 
     @property
     def heartbeat_age(self) -> float | None:
         """Seconds since the worker's last heartbeat (by this host's clock against the worker's)."""
-        at = (self.heartbeat or {}).get("at")
-        return max(0.0, time.time() - at) if isinstance(at, int | float) else None
+        return max(0.0, time.time() - self.heartbeat.at) if self.heartbeat is not None else None
 
 
 def read_worker_report(client: redis.Redis, keys: QueueKeys) -> WorkerReport:
@@ -67,22 +67,14 @@ def read_worker_report(client: redis.Redis, keys: QueueKeys) -> WorkerReport:
     heartbeat = None
     if beat is not None:
         try:
-            heartbeat = orjson.loads(beat)
-        except orjson.JSONDecodeError:
-            heartbeat = None
-        if not isinstance(heartbeat, dict):
-            heartbeat = None
-    counters = {}
-    for name, value in stats.items():
-        try:
-            counters[name.decode()] = int(value)
-        except (UnicodeDecodeError, ValueError):
-            continue  # not a counter of ours
+            heartbeat = Heartbeat.decode(beat)
+        except ValueError:
+            log.warning("the heartbeat is not a worker's: %r", beat[:200])
     return WorkerReport(
         int(depth),
         sum(int(n) for n in in_flight),
         int(dead),
         heartbeat,
-        counters,
+        WorkerStats.from_hash(stats),
         [s.decode("utf-8", "replace") for s in standbys],
     )

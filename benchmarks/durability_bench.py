@@ -56,7 +56,7 @@ def drain(url: str, db: Path, synchronous: str) -> float:
     worker = Worker(Settings(redis_url=url, db=db, queue=QUEUE, sqlite_synchronous=synchronous))
     started = time.perf_counter()
     worker.drain()
-    return worker.totals["ingested"] / (time.perf_counter() - started)
+    return worker.totals.ingested / (time.perf_counter() - started)
 
 
 def commit_latency(db: Path, synchronous: str, commits: int = 300) -> dict[str, float]:

@@ -9,7 +9,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import click
-import orjson
 import redis
 
 from taskevents.cli import env_help, settings_options
@@ -17,6 +16,7 @@ from taskevents.ingest.deadletters import DeadLetters
 from taskevents.ingest.localredis import answers, find_redis_server, server_command
 from taskevents.ingest.worker import Worker
 from taskevents.keys import QueueKeys
+from taskevents.messages import Heartbeat
 from taskevents.settings import Settings
 
 log = logging.getLogger("taskevents.cli")
@@ -68,12 +68,12 @@ def _check(settings: Settings) -> int:
         click.echo(f"unhealthy: no worker heartbeat in the last {settings.heartbeat_ttl:g}s", err=True)
         return 1
     try:
-        store_error = orjson.loads(beat).get("store_error")
-    except (orjson.JSONDecodeError, AttributeError):
+        heartbeat = Heartbeat.decode(beat)
+    except ValueError:
         click.echo(f"unhealthy: the heartbeat is not a worker's: {beat[:200]!r}", err=True)
         return 1
-    if store_error:
-        click.echo(f"unhealthy: the worker cannot write the store: {store_error}", err=True)
+    if heartbeat.store_error:
+        click.echo(f"unhealthy: the worker cannot write the store: {heartbeat.store_error}", err=True)
         return 1
     click.echo(beat.decode())
     return 0

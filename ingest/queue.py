@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import redis
 
 from taskevents.ingest.lease import FENCE, Lease, is_lease_lost
@@ -259,11 +258,12 @@ class WorkQueue:
         dead: Sequence[bytes] = (),
         counters: Mapping[str, int] | None = None,
         heartbeat: bytes,
-        announce: Mapping[str, object] | None = None,
+        announce: bytes | None = None,
         suspects_done: int = 0,
     ) -> None:
         """Finish the batch in `slot` in one script: clear the slot, dead letters, counters, suspects,
-        heartbeat, notification. `suspects_done`: how many suspect events (see `isolate`) it settled."""
+        heartbeat, notification (an encoded CommitNotice). `suspects_done`: how many suspect events
+        (see `isolate`) it settled."""
         k = self.keys
         counted = [(name, value) for name, value in (counters or {}).items() if value]
         self._ack(
@@ -279,7 +279,7 @@ class WorkQueue:
             [
                 heartbeat,
                 k.commits,
-                orjson.dumps(announce) if announce else b"",
+                announce or b"",
                 suspects_done,
                 len(counted),
                 *(x for pair in counted for x in pair),

@@ -33,7 +33,6 @@ from functools import partial
 from types import FrameType, TracebackType
 from typing import TypeVar
 
-import orjson
 import redis
 from tenacity import (
     RetryCallState,
@@ -52,6 +51,7 @@ from taskevents.ingest.queue import Claim, WorkQueue
 from taskevents.ingest.recovery import recover
 from taskevents.ingest.writer import CommitResult, DeadMark, Decoded, StoreWriter
 from taskevents.keys import QueueKeys
+from taskevents.messages import CommitNotice, Heartbeat, WorkerStats
 from taskevents.schema import SchemaError
 from taskevents.settings import Settings
 
@@ -142,7 +142,7 @@ class Worker:
         self._store_error: str | None = None  # why the store cannot be written, while it cannot
         self._redis_full = False  # an idle wait was refused for want of memory
         self._claimed: set[int] = set()  # slots claimed in this term and not yet acknowledged
-        self.totals = {"ingested": 0, "duplicates": 0, "dead_lettered": 0, "batches": 0}
+        self.totals = WorkerStats()  # since this worker started
         self._retry_until_stop = self._retrying(stop_on_warm=True)
         self._retry_until_cold = self._retrying(stop_on_warm=False)
         # Opened now, so that building a worker creates the store; a broken store is reported by run().
@@ -206,7 +206,7 @@ class Worker:
                     self._claimed.clear()
         finally:
             self.close()
-        log.info("worker stopped after %s", self.totals)
+        log.info("worker stopped after %s", self.totals.model_dump())
 
     def drain(self) -> None:
         """Consume until the queue is empty (benchmarks, tests, one-off catch-up); keeps the lease.
@@ -448,20 +448,16 @@ class Worker:
         return result
 
     def _ack(self, slot: int, result: CommitResult, dead: list[bytes], suspects_done: int = 0) -> None:
-        counters = {
-            "ingested": result.stored,
-            "duplicates": result.duplicates,
-            "dead_lettered": len(dead),
-            "batches": 1,
-        }
-        announce = {"batch": result.batch_id, "tasks": result.tasks} if result.tasks else None
-        totals = {name: self.totals[name] + value for name, value in counters.items()}
+        counted = WorkerStats(
+            ingested=result.stored, duplicates=result.duplicates, dead_lettered=len(dead), batches=1
+        )
+        totals = self.totals + counted
         self.queue.ack(
             slot,
             dead=dead,
-            counters=counters,
+            counters=counted.increments(),
             heartbeat=self._heartbeat(totals),
-            announce=announce,
+            announce=CommitNotice.of(result.batch_id, result.tasks).encode() if result.tasks else None,
             suspects_done=suspects_done,
         )
         self._claimed.discard(slot)
@@ -470,16 +466,15 @@ class Worker:
         if dead:
             log.warning("batch %s: %d events dead-lettered", result.batch_id, len(dead))
 
-    def _heartbeat(self, totals: dict[str, int] | None = None) -> bytes:
-        return orjson.dumps(
-            {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "at": time.time(),
-                **(totals or self.totals),
-                "store_error": self._store_error,
-            }
-        )
+    def _heartbeat(self, totals: WorkerStats | None = None) -> bytes:
+        counters = (totals or self.totals).model_dump()
+        return Heartbeat(
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            at=time.time(),
+            store_error=self._store_error,
+            **counters,
+        ).encode()
 
     def _beat_if_due(self) -> None:
         if time.monotonic() - self._last_beat >= self.settings.heartbeat_ttl / 3:

@@ -75,7 +75,7 @@ def test_the_same_event_uid_is_stored_once(settings: Settings, client: redis.Red
         ("uid-2", 2),
         ("uid-3", 3),
     ]
-    assert worker.totals["duplicates"] == 4
+    assert worker.totals.duplicates == 4
     assert client.hget(QueueKeys(settings.queue).stats, "duplicates") == b"4"
 
 
@@ -114,7 +114,7 @@ def test_bad_events_are_dead_lettered_with_reason_and_the_rest_is_stored(
     assert "task_id: Field required" in dead[8]["reason"]
     # The original bytes are kept: as text when they are UTF-8, base64 when not.
     assert dead[0]["raw"] == "{not json" and dead[1]["raw_b64"] == "//4="
-    assert worker.totals["dead_lettered"] == len(bad)
+    assert worker.totals.dead_lettered == len(bad)
 
 
 def test_summaries_track_phase_status_and_spans(settings: Settings, client: redis.Redis) -> None:
