@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
@@ -388,14 +388,14 @@ class LiveHub:
 
 def _by_task(rows: list[tuple[str, int, str, str]]) -> dict[str, list[LiveEvent]]:
     out: dict[str, list[LiveEvent]] = {}
-    for task_id, *row in rows:
-        out.setdefault(task_id, []).append(LiveEvent.from_row(*row))
+    for task_id, seq, event_type, event_json in rows:
+        out.setdefault(task_id, []).append(LiveEvent.from_row(seq, event_type, event_json))
     return out
 
 
 async def follow(
     hub: LiveHub, task_id: str, after_seq: int, start: Head | None
-) -> AsyncIterator[list[LiveEvent] | End]:
+) -> AsyncGenerator[list[LiveEvent] | End, None]:
     """A task's events after `after_seq`: replay from the store, then live; then an End, if it ends.
 
     `start` is the task's head read before the response began (None: the store has not seen the task).

@@ -126,6 +126,7 @@ def tasks_page(
     conn: sqlite3.Connection, limit: int, status: str | None, after: tuple[str, str] | None
 ) -> bytes:
     """Tasks, most recently active first, after the cursor position `after` (last_at, task_id)."""
+    params: tuple[str, ...]
     if after is None:
         sql, params = (q.TASKS, ()) if status is None else (q.TASKS_BY_STATUS, (status,))
     elif status is None:

@@ -163,7 +163,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
     if sizes[0] < 1000:
         parser.error("--sizes: at least 1,000 events per store")
-    values = {name: getattr(args, name) or v[pick] for name, v in DEFAULTS.items()}
+    values: dict[str, Any] = {name: getattr(args, name) or v[pick] for name, v in DEFAULTS.items()}
     return Config(
         sizes=sizes,
         **values,
@@ -252,7 +252,7 @@ class AsgiCaller:
                 started.set_exception(RuntimeError(message.get("message", "lifespan startup failed")))
 
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
-        self._lifespan_task = asyncio.create_task(self.app(scope, receive, send))
+        self._lifespan_task = asyncio.ensure_future(self.app(scope, receive, send))
         await started
         return self
 
@@ -373,7 +373,7 @@ async def bench_store_async(cfg: Config, path: Path, size: int, redis_url: str) 
         "graph": [f"/api/tasks/{task}/graph"],
         "graph_probe": [f"/api/tasks/{probe}/graph"],
     }
-    reads_of = {
+    reads_of: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
         "page": (reads.events_page, (task, middle, PAGE)),
         "snapshot": (reads.snapshot, (task, PAGE)),
         "graph": (reads.graph, (task, 10_000)),

@@ -159,7 +159,11 @@ def _events(
         out.append(Event(task_id, "phase_enter", span, "runner", phase, root, {"explanation": _explain(rng)}))
         for wave in waves:
             for s, wi, kind in wave.items:
-                payload = {"work_item_id": wi, "work_type": kind, "explanation": _explain(rng)}
+                payload: dict[str, Any] = {
+                    "work_item_id": wi,
+                    "work_type": kind,
+                    "explanation": _explain(rng),
+                }
                 out.append(Event(task_id, "work_item_start", s, "worker", phase, span, payload))
             for step in range(max(wave.progress)):
                 for (s, wi, _), n in zip(wave.items, wave.progress, strict=True):

@@ -21,7 +21,7 @@ from pathlib import Path
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 
 class _Connection(asyncio.Protocol):

@@ -251,6 +251,7 @@ def drain_one_per_transaction(client: redis.Redis, conn: sqlite3.Connection, *, 
     try:
         while items := client.lpop(QUEUE, 1000):
             for raw in items:
+                assert isinstance(raw, bytes)
                 event = orjson.loads(raw)
                 if writer is None:
                     original_design.emit_event(conn, event)

@@ -56,7 +56,7 @@ def _wave(rng: random.Random, task_id: str, phase: str, phase_span: str) -> Iter
     """A few work items run in parallel, then the phase span takes a checkpoint of their evidence."""
     items = [(_uid(rng, "span"), _uid(rng, "wi"), rng.choice(WORK_TYPES)) for _ in range(rng.randint(2, 4))]
     for span, wi, kind in items:
-        payload = {"work_item_id": wi, "work_type": kind, "explanation": _explain(rng)}
+        payload: dict[str, Any] = {"work_item_id": wi, "work_type": kind, "explanation": _explain(rng)}
         yield Event(task_id, "work_item_start", span, "worker", phase, phase_span, payload)
     for step in range(1, 4):
         for span, wi, _ in items:

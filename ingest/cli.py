@@ -75,7 +75,7 @@ def _check(settings: Settings) -> int:
     if heartbeat.store_error:
         click.echo(f"unhealthy: the worker cannot write the store: {heartbeat.store_error}", err=True)
         return 1
-    click.echo(beat.decode())
+    click.echo(beat.decode() if isinstance(beat, bytes) else str(beat))
     return 0
 
 

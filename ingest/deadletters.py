@@ -103,6 +103,7 @@ class DeadLetters:
             if not items:
                 return
             for stored in items:
+                assert isinstance(stored, bytes)  # the client does not decode responses
                 yield DeadLetter(index, _parse(stored), stored)
                 index += 1
             if left is not None:

@@ -212,7 +212,7 @@ class Lease:
 
     def holder(self) -> str | None:
         value = self._redis.get(self.keys.lease)
-        return value.decode("utf-8", "replace") if value is not None else None
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else None
 
     def describe_holder(self) -> str:
         try:

@@ -339,7 +339,8 @@ class Worker:
                 while not self._stop.is_set():
                     claim = self._retry(partial(self._claim, self.settings.batch_size, batch_id))
                     if claim is None:
-                        pending = self._finish(pending)  # everything is acknowledged before blocking
+                        self._finish(pending)  # everything is acknowledged before blocking
+                        pending = None
                         if self._store_error is not None:
                             log.warning("the store %s takes writes again", self.settings.db)
                             self._store_error = None  # taken over, recovered, nothing left to commit
@@ -350,12 +351,13 @@ class Worker:
                         after_batch()  # retries while Redis is down make garbage too
                         continue
                     good, dead = decode_batch(claim.items, self.settings.max_payload_bytes)
-                    pending = self._finish(pending)
+                    self._finish(pending)
                     pending = writer.submit(self._store, claim, good, dead)
                     batch_id += 1
                     del claim, good, dead
                     after_batch()
-                pending = self._finish(pending)
+                self._finish(pending)
+                pending = None
             except BaseException as exc:
                 # The writer thread is waited for by the executor's exit; what it raised besides this
                 # error is only logged (the lease lost, or the store broken, ends both the same way).
@@ -371,13 +373,13 @@ class Worker:
         """
         while pending is not None:
             try:
-                return pending.result(timeout=self.settings.heartbeat_ttl / 3)
+                pending.result(timeout=self.settings.heartbeat_ttl / 3)
+                return
             except TimeoutError:
                 try:
                     self.queue.beat(self._heartbeat())
                 except redis.RedisError:
                     pass  # Redis is down too: the writer's retries wait for it
-        return None
 
     def _claim(self, size: int, batch_id: int) -> Claim | None:
         claim = self.queue.claim(size, batch_id)
@@ -489,12 +491,15 @@ class Worker:
         """
         return (self._retry_until_cold if cold_only else self._retry_until_stop)(call)
 
+    def _pause(self, seconds: float) -> None:
+        self._stop.wait(seconds)  # a warm stop cuts the wait short
+
     def _retrying(self, *, stop_on_warm: bool) -> Retrying:
         return Retrying(
             retry=retry_if_exception_type(UNAVAILABLE),
             wait=wait_exponential_jitter(multiplier=0.05, max=5.0, jitter=0.1),
             stop=stop_when_event_set(self._stop) if stop_on_warm else stop_never,
-            sleep=self._stop.wait if stop_on_warm else time.sleep,
+            sleep=self._pause if stop_on_warm else time.sleep,
             before_sleep=_log_retry,
             reraise=True,
         )

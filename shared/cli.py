@@ -63,7 +63,7 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
             k: v for k, v in {"redis_url": redis_url, "db": db, "queue": queue}.items() if v is not None
         }
         try:
-            settings = build(Settings, **overrides)
+            settings = build(Settings, None, **overrides)
         except ValueError as exc:
             raise click.UsageError(f"bad settings: {exc}") from None
         configure_logging(settings.log_level)

@@ -118,15 +118,17 @@ class Emitter:
     ) -> None:
         """Queue one event. Raises ValueError naming the field if an argument is invalid."""
         try:
-            WireEvent(
-                task_id=task_id,
-                event_type=event_type,
-                phase=phase,
-                actor=actor,
-                span_id=span_id,
-                parent_span_id=parent_span_id,
-                event_uid=event_uid,
-                payload={} if payload is None else payload,
+            WireEvent.model_validate(  # the worker's own rules, at the call site
+                {
+                    "task_id": task_id,
+                    "event_type": event_type,
+                    "phase": phase,
+                    "actor": actor,
+                    "span_id": span_id,
+                    "parent_span_id": parent_span_id,
+                    "event_uid": event_uid,
+                    "payload": {} if payload is None else payload,
+                }
             )
             payload_json = encode_payload(payload, self.max_payload_bytes)
         except ValidationError as exc:

@@ -12,7 +12,7 @@ the reader decides what that means (a notification ignored, a heartbeat taken as
 """
 
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,7 +36,7 @@ class CommitNotice(BaseModel):
     tasks: dict[str, tuple[int, int]] = Field(description="task_id -> (first seq, last seq) stored.")
 
     @classmethod
-    def of(cls, batch: int, tasks: Mapping[str, tuple[int, int]]) -> Self:
+    def of(cls, batch: int, tasks: Mapping[str, tuple[int, int]]) -> "CommitNotice":
         """Built by the worker from what it just committed: trusted, so not validated again."""
         return cls.model_construct(batch=batch, tasks=dict(tasks))
 
@@ -44,8 +44,8 @@ class CommitNotice(BaseModel):
         return orjson.dumps({"batch": self.batch, "tasks": self.tasks})
 
     @classmethod
-    def decode(cls, data: bytes | str) -> Self:
-        notice: Self = _decode(cls, data)
+    def decode(cls, data: bytes | str) -> "CommitNotice":
+        notice: CommitNotice = _decode(cls, data)
         return notice
 
 
@@ -72,12 +72,12 @@ class WorkerStats(BaseModel):
         return {name: value for name, value in self.model_dump().items() if value}
 
     @classmethod
-    def from_hash(cls, fields: Mapping[bytes, bytes]) -> Self:
+    def from_hash(cls, fields: Mapping[Any, Any]) -> "WorkerStats":
         """The counters in a Redis hash; a field that is not one of ours, or not a number, is skipped."""
         known = set(cls.counters())
         values: dict[str, int] = {}
         for raw_name, raw_value in fields.items():
-            name = raw_name.decode("utf-8", "replace")
+            name = raw_name.decode("utf-8", "replace") if isinstance(raw_name, bytes) else str(raw_name)
             if name in known:
                 try:
                     values[name] = int(raw_value)
@@ -99,6 +99,6 @@ class Heartbeat(WorkerStats):
         return orjson.dumps(self.model_dump())
 
     @classmethod
-    def decode(cls, data: bytes | str) -> Self:
-        beat: Self = _decode(cls, data)
+    def decode(cls, data: bytes | str) -> "Heartbeat":
+        beat: Heartbeat = _decode(cls, data)
         return beat

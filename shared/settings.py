@@ -22,7 +22,7 @@ def check_redis_url(url: str) -> str:
     """The URL as redis-py will read it, or ValueError: a mistake fails where it is made, not in a
     background thread later (`localhost:6379` without `redis://` is the usual one)."""
     try:
-        parse_url(url)
+        parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise ValueError(f"not a Redis URL ({exc}): {url!r}") from None
     path = urlsplit(url).path.strip("/")

@@ -236,6 +236,7 @@ class _Run:
         for ev in [report, *artifacts[:2]]:
             yield self.step(lc.emit_evidence_linked, span, "verifying", ev, checkpoint)
         error: str | None
+        why: str | None
         if failed:
             error, why = "work_items_failed", f"not done: {', '.join(failed)}"
         elif self.rng.random() < INVALID_CHANCE:

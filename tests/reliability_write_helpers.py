@@ -5,6 +5,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
@@ -73,6 +74,14 @@ def start_crashing_worker(settings: Settings, log: Path, **extra: str) -> subpro
     return proc
 
 
-def heartbeat(client: redis.Redis, settings: Settings) -> dict | None:
+def heartbeat(client: redis.Redis, settings: Settings) -> dict[str, Any] | None:
+    """The worker's heartbeat, as JSON; None if there is none."""
     raw = client.get(QueueKeys(settings.queue).heartbeat)
-    return orjson.loads(raw) if raw is not None else None
+    return orjson.loads(raw) if isinstance(raw, bytes) else None
+
+
+def beat(client: redis.Redis, settings: Settings) -> dict[str, Any]:
+    """The worker's heartbeat, which must be there."""
+    found = heartbeat(client, settings)
+    assert found is not None, "no worker heartbeat"
+    return found

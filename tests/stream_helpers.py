@@ -75,8 +75,9 @@ class ApiServer:
             target=self._server.run, kwargs={"sockets": [listener]}, name="test-api", daemon=True
         )
         self._thread.start()
-        wait_for(lambda: self._server.started or not self._thread.is_alive(), timeout=10)
-        assert self._server.started, "the API did not start"
+        server, thread = self._server, self._thread
+        wait_for(lambda: server.started or not thread.is_alive(), timeout=10)
+        assert server.started, "the API did not start"
         return self
 
     def stop(self) -> None:

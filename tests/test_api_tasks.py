@@ -1,6 +1,7 @@
 """GET /api/tasks: most recently active first, a cursor walked to the end, a status filter."""
 
 import base64
+from functools import partial
 
 import pytest
 
@@ -28,7 +29,7 @@ def seven_tasks(settings: Settings) -> None:
     # One ingest per task: each batch has its own created_at, so last_at orders them a..g. Two tasks
     # in one batch would share last_at; the task_id then breaks the tie.
     for task, outcome in OUTCOMES.items():
-        ingest(settings, lambda em, task=task, outcome=outcome: run(em, task, outcome))
+        ingest(settings, partial(run, task=task, outcome=outcome))
 
 
 def walk(client: TestClient, limit: int, **params: str) -> tuple[list[dict], int]:

@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import orjson
@@ -36,7 +37,8 @@ def queued(client: redis.Redis, queue: str = QUEUE) -> list[dict]:
 
 
 def _nested(depth: int) -> dict:
-    top = level = {}
+    top: dict[str, Any] = {}
+    level = top
     for _ in range(depth):
         level["a"] = level = {}
     return top

@@ -9,6 +9,7 @@ later in the sender thread. An unexpected error in the sender is logged and retr
 import logging
 import subprocess
 import sys
+from typing import Any
 
 import fakeredis
 import orjson
@@ -138,11 +139,11 @@ class FlakyClient(fakeredis.FakeRedis):
 
     failures = 2
 
-    def rpush(self, *args: object) -> int:  # type: ignore[override]
+    def rpush(self, *args: Any) -> int:
         if FlakyClient.failures > 0:
             FlakyClient.failures -= 1
             raise RuntimeError("not a Redis error")
-        return super().rpush(*args)  # type: ignore[arg-type]
+        return super().rpush(*args)
 
 
 def test_an_unexpected_error_in_the_sender_is_logged_and_retried(caplog: pytest.LogCaptureFixture) -> None:

@@ -21,7 +21,7 @@ SERVER_MODULES = (
 
 def imported_modules(folder: str) -> set[str]:
     """Every absolute module name the folder's code imports."""
-    found = set()
+    found: set[str] = set()
     for path in (ROOT / folder).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

@@ -16,6 +16,7 @@ import redis
 from taskevents.ingest.batch import decode_batch
 from taskevents.ingest.worker import Worker
 from taskevents.keys import QueueKeys
+from taskevents.messages import WorkerStats
 from taskevents.settings import Settings
 from tests.helpers import rows, wait_for
 
@@ -100,6 +101,6 @@ def test_a_committed_batch_is_acknowledged_as_it_was_committed(
     assert dead_is | set(stored) == {0, 1, 2}  # never neither
     assert all(d["batch_id"] == batch_id for d in dead)
     assert client.exists(*keys.processing_keys) == 0
-    stats = {k.decode(): int(v) for k, v in client.hgetall(keys.stats).items()}
-    assert stats == {"ingested": len(stored), "dead_lettered": dead_at_commit, "batches": 1}
+    stats = WorkerStats.from_hash(client.hgetall(keys.stats))
+    assert stats == WorkerStats(ingested=len(stored), dead_lettered=dead_at_commit, batches=1)
     assert notes.messages == [{"batch": batch_id, "tasks": {"t": [1, len(stored)]}}]

@@ -190,7 +190,7 @@ def _check_every_reader(lv: Live, http: httpx.Client, emitted: dict[str, list[di
 
         ws_url = lv.url.replace("http://", "ws://") + path.replace("/api/tasks", "/ws/tasks") + "/events"
         with connect(f"{ws_url}?since_seq=0") as ws:
-            messages = [strict(ws.recv(timeout=10).encode()) for _ in range(n + 1)]
+            messages = [strict(str(ws.recv(timeout=10)).encode()) for _ in range(n + 1)]
         assert [m["event"] for m in messages[:-1]] == page["events"] and messages[-1]["type"] == "end"
 
     tasks = _get(http, "/api/tasks", limit=500)["tasks"]

@@ -13,6 +13,7 @@ import sqlite3
 import statistics
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,14 @@ READ_DEADLINE = 180.0  # seconds the readers have to walk every task to its end
 
 def _last_batch(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT last_batch_id FROM ingest_state").fetchone()[0]
+
+
+def _reached(conn: sqlite3.Connection, count: int) -> bool:
+    return _stored(conn) >= count
+
+
+def _committed_after(conn: sqlite3.Connection, batch: int) -> bool:
+    return _last_batch(conn) > batch
 
 
 def _stored(conn: sqlite3.Connection) -> int:
@@ -125,7 +134,7 @@ def test_a_worker_sigkilled_and_restarted_under_readers_reaches_no_client(
         for kill in range(KILLS):
             # Spread over the drain whatever the machine's speed: kill #k once k/(KILLS+1) is stored.
             mark = sent * (kill + 1) // (KILLS + 1)
-            await asyncio.to_thread(wait_for, lambda mark=mark: _stored(probe) >= mark, 60, 0.002)
+            await asyncio.to_thread(wait_for, partial(_reached, probe, mark), 60, 0.002)
             await asyncio.sleep(rng.uniform(0, 0.05))
             worker[0].send_signal(signal.SIGKILL)
             killed_at = time.monotonic()
@@ -138,7 +147,7 @@ def test_a_worker_sigkilled_and_restarted_under_readers_reaches_no_client(
                 )
                 rebuilt_by_readers.append(time.monotonic() - killed_at)
             worker[0] = start_worker(settings)
-            await asyncio.to_thread(wait_for, lambda before=before: _last_batch(probe) > before, 30, 0.002)
+            await asyncio.to_thread(wait_for, partial(_committed_after, probe, before), 30, 0.002)
             recoveries.append(time.monotonic() - killed_at)
 
     async def run(base: str, worker: list[subprocess.Popen[bytes]]) -> None:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -43,7 +44,7 @@ def private_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         server.kill()
 
 
-def own_settings(server: RedisServer, tmp_path: Path, **changes: object) -> Settings:
+def own_settings(server: RedisServer, tmp_path: Path, **changes: Any) -> Settings:
     return Settings(redis_url=server.url, db=tmp_path / "events.db", queue="rel:events", **changes)
 
 
@@ -280,7 +281,9 @@ def test_an_idle_worker_survives_a_full_redis_and_resumes_when_memory_returns(
         time.sleep(1.5)  # until Redis has shrunk the query buffer those writes used
         client.config_set("maxmemory", client.info("memory")["used_memory"] - 1_000_000)
         with pytest.raises(redis.OutOfMemoryError):
-            client.blmove(settings.queue, "elsewhere", 0.01)  # what an idle worker's wait() does
+            client.blmove(
+                settings.queue, settings.queue, 1, "LEFT", "LEFT"
+            )  # what an idle worker's wait() does
         time.sleep(2 * settings.heartbeat_ttl)  # its wait is refused: it pauses, loops, stays alive
         assert worker.poll() is None
         assert client.info("commandstats")["cmdstat_blmove"]["rejected_calls"] > 0

@@ -61,7 +61,7 @@ def active_pid(client: redis.Redis, settings: Settings) -> int | None:
 
 def holder_pid(client: redis.Redis, settings: Settings) -> int | None:
     token = client.get(QueueKeys(settings.queue).lease)
-    return int(token.decode().rsplit(":", 2)[1]) if token else None
+    return int(token.rsplit(b":", 2)[1]) if isinstance(token, bytes) else None
 
 
 @pytest.fixture
@@ -82,8 +82,8 @@ def test_workers_started_at_once_store_every_event_once(
     assert all(p.poll() is None for p in procs)  # the standbys wait, they do not exit
     holder = holder_pid(client, settings)
     assert holder in {p.pid for p in procs}
-    standbys = client.zrange(QueueKeys(settings.queue).standbys, 0, -1)
-    assert len(standbys) == workers - 1 and all(str(holder) not in s.decode() for s in standbys)
+    standbys = [s for s in client.zrange(QueueKeys(settings.queue).standbys, 0, -1) if isinstance(s, bytes)]
+    assert len(standbys) == workers - 1 and all(str(holder).encode() not in s for s in standbys)
     assert_each_stored_once_in_order(settings, total)
 
 

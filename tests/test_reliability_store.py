@@ -20,7 +20,7 @@ from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 from tests.conftest import IN_CI
 from tests.helpers import rows, seqs_by_task, start_worker, stored_count, wait_for
-from tests.reliability_write_helpers import heartbeat, raw_event, wait_until_stored
+from tests.reliability_write_helpers import beat, heartbeat, raw_event, wait_until_stored
 
 pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
 
@@ -71,7 +71,7 @@ def test_sqlite_full_stops_commits_keeps_events_reports_and_resumes(
 
     push(client, settings, BEFORE, DURING)
     wait_for(lambda: (heartbeat(client, settings) or {}).get("store_error") is not None, timeout=20)
-    assert heartbeat(client, settings)["store_error"] == "database or disk is full"
+    assert beat(client, settings)["store_error"] == "database or disk is full"
     time.sleep(FAULT)
     assert stored_count(settings.db) == BEFORE  # no commit while full
     assert held_in_redis(client, settings) == DURING  # every event kept in Redis
@@ -80,7 +80,7 @@ def test_sqlite_full_stops_commits_keeps_events_reports_and_resumes(
     freed = time.monotonic()
     wait_until_stored(client, settings, BEFORE + DURING, timeout=30)
     resumed = time.monotonic() - freed
-    wait_for(lambda: heartbeat(client, settings)["store_error"] is None, timeout=10)
+    wait_for(lambda: beat(client, settings)["store_error"] is None, timeout=10)
     assert_all_stored_once(settings, BEFORE + DURING)
     assert resumed < 6  # the commit retry backs off to at most 5 s
     print(
@@ -146,7 +146,7 @@ def test_a_full_file_system_stops_the_real_worker_and_it_resumes_when_space_retu
 
         push(client, settings, BEFORE, DURING)
         wait_for(lambda: (heartbeat(client, settings) or {}).get("store_error") is not None, timeout=20)
-        assert heartbeat(client, settings)["store_error"] == "database or disk is full"
+        assert beat(client, settings)["store_error"] == "database or disk is full"
         time.sleep(FAULT)
         assert worker.poll() is None
         assert stored_count(settings.db) == BEFORE
@@ -156,7 +156,7 @@ def test_a_full_file_system_stops_the_real_worker_and_it_resumes_when_space_retu
         freed = time.monotonic()
         wait_until_stored(client, settings, BEFORE + DURING, timeout=30, alive=lambda: worker.poll() is None)
         resumed = time.monotonic() - freed
-        wait_for(lambda: heartbeat(client, settings)["store_error"] is None, timeout=10)
+        wait_for(lambda: beat(client, settings)["store_error"] is None, timeout=10)
     finally:
         worker.terminate()
         assert worker.wait(15) == 0
@@ -193,7 +193,7 @@ def test_a_store_locked_by_another_process_makes_the_worker_wait_and_lose_nothin
         locked_at = time.monotonic()
         push(client, settings, BEFORE, DURING)
         wait_for(lambda: (heartbeat(client, settings) or {}).get("store_error") is not None, timeout=20)
-        assert heartbeat(client, settings)["store_error"] == "database is locked"
+        assert beat(client, settings)["store_error"] == "database is locked"
         assert stored_count(settings.db) == BEFORE
         while locker.poll() is None:
             assert (heartbeat(client, settings) or {}).get("store_error") == "database is locked"
@@ -203,7 +203,7 @@ def test_a_store_locked_by_another_process_makes_the_worker_wait_and_lose_nothin
         released = time.monotonic()
         wait_until_stored(client, settings, BEFORE + DURING, timeout=30, alive=lambda: worker.poll() is None)
         resumed = time.monotonic() - released
-        wait_for(lambda: heartbeat(client, settings)["store_error"] is None, timeout=10)
+        wait_for(lambda: beat(client, settings)["store_error"] is None, timeout=10)
     finally:
         worker.terminate()
         assert worker.wait(20) == 0

@@ -22,7 +22,7 @@ from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 from tests.api_helpers import TestClient, api_client
 from tests.helpers import rows, seqs_by_task, start_worker, stored_count, wait_for, worker_env
-from tests.reliability_write_helpers import heartbeat, raw_event, settled, wait_until_stored
+from tests.reliability_write_helpers import beat, heartbeat, raw_event, settled, wait_until_stored
 
 pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
 
@@ -94,7 +94,7 @@ def go_through_fault(
     mended = time.monotonic()
     wait_until_stored(client, settings, BEFORE + DURING, timeout=30, alive=lambda: proc.poll() is None)
     resumed = time.monotonic() - mended
-    wait_for(lambda: heartbeat(client, settings)["store_error"] is None, timeout=10)
+    wait_for(lambda: beat(client, settings)["store_error"] is None, timeout=10)
     assert check(settings).returncode == 0
     assert api.get("/api/ready").json()["status"] == "ready"
     assert_all_stored_once(settings, BEFORE + DURING)

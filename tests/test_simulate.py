@@ -20,7 +20,7 @@ class RecordingEmitter(Emitter):
         super().__init__("redis://127.0.0.1:1/0")  # never connects: nothing is buffered
         self.events: list[dict[str, Any]] = []
 
-    def emit(self, task_id: str, event_type: str, **fields: Any) -> None:  # type: ignore[override]
+    def emit(self, task_id: str, event_type: str, **fields: Any) -> None:
         WireEvent(task_id=task_id, event_type=event_type, **fields)
         encode_payload(fields.get("payload"), self.max_payload_bytes)
         self.events.append({"task_id": task_id, "event_type": event_type, **fields})

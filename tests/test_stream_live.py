@@ -3,6 +3,7 @@
 import statistics
 import threading
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -10,12 +11,19 @@ import redis
 
 from taskevents.settings import Settings
 from tests.helpers import wait_for
-from tests.stream_helpers import FrameParser, event_seqs, live, read_frames, small_receive_buffer_client
+from tests.stream_helpers import (
+    Frame,
+    FrameParser,
+    event_seqs,
+    live,
+    read_frames,
+    small_receive_buffer_client,
+)
 
 pytestmark = pytest.mark.redis_server
 
 
-def _reader(client: httpx.Client, url: str, out: list, **kwargs) -> threading.Thread:  # type: ignore[type-arg]
+def _reader(client: httpx.Client, url: str, out: list[Frame], **kwargs: Any) -> threading.Thread:
     thread = threading.Thread(
         target=read_frames, args=(client, url), kwargs={"out": out, **kwargs}, daemon=True
     )
@@ -182,8 +190,15 @@ def test_the_hub_resubscribes_after_losing_redis_and_catches_up(settings: Settin
                 assert admin.client_kill_filter(_type="pubsub") >= 1
                 lv.emit("k", 10, start=10 * round_)  # committed while the hub may be disconnected
                 lv.flush()
-                wait_for(lambda r=round_: lv.api.hub.subscribed >= r + 2, timeout=10)
-                wait_for(lambda r=round_: len(event_seqs(frames)) >= 10 * (r + 1), timeout=10)
+
+                def resubscribed(r: int = round_) -> bool:
+                    return lv.api.hub.subscribed >= r + 2
+
+                def caught_up(r: int = round_) -> bool:
+                    return len(event_seqs(frames)) >= 10 * (r + 1)
+
+                wait_for(resubscribed, timeout=10)
+                wait_for(caught_up, timeout=10)
         finally:
             admin.close()
         lv.exit("k")

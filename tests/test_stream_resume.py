@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from taskevents.settings import Settings
-from tests.stream_helpers import ApiServer, FrameParser, event_seqs, live, read_frames
+from tests.stream_helpers import ApiServer, FrameParser, Live, event_seqs, live, read_frames
 
 pytestmark = pytest.mark.redis_server
 
@@ -65,7 +65,7 @@ def test_a_client_cut_off_100_times_gets_every_event_once_and_in_order(settings:
     assert received == list(range(1, total + 1))
 
 
-def _ended_task(lv, task_id: str, n: int) -> None:  # type: ignore[no-untyped-def]
+def _ended_task(lv: Live, task_id: str, n: int) -> None:
     lv.emit(task_id, n - 1)
     lv.exit(task_id)
     lv.flush()
@@ -101,18 +101,18 @@ def test_resume_by_since_seq_and_by_last_event_id_which_wins(settings: Settings)
         assert event == page["events"][0]  # the same fields and values as the REST API
 
 
-GARBAGE = [
+GARBAGE: list[tuple[dict[str, str], dict[bytes, bytes], str]] = [
     ({"since_seq": "abc"}, {}, "since_seq"),
     ({"since_seq": "-1"}, {}, "since_seq"),
     ({"since_seq": "1.5"}, {}, "since_seq"),
     ({"since_seq": str(2**63)}, {}, "since_seq"),
-    ({}, {"Last-Event-ID": "abc"}, "Last-Event-ID"),
-    ({}, {"Last-Event-ID": "-3"}, "Last-Event-ID"),
-    ({}, {"Last-Event-ID": "1e3"}, "Last-Event-ID"),
+    ({}, {b"Last-Event-ID": b"abc"}, "Last-Event-ID"),
+    ({}, {b"Last-Event-ID": b"-3"}, "Last-Event-ID"),
+    ({}, {b"Last-Event-ID": b"1e3"}, "Last-Event-ID"),
     ({"since_seq": "\u0663"}, {}, "since_seq"),  # a digit, but not an ASCII one
-    ({}, {"Last-Event-ID": "\u0663".encode()}, "Last-Event-ID"),
-    ({}, {"Last-Event-ID": str(2**63)}, "Last-Event-ID"),
-    ({"since_seq": "3"}, {"Last-Event-ID": "x"}, "Last-Event-ID"),
+    ({}, {b"Last-Event-ID": "\u0663".encode()}, "Last-Event-ID"),
+    ({}, {b"Last-Event-ID": str(2**63).encode()}, "Last-Event-ID"),
+    ({"since_seq": "3"}, {b"Last-Event-ID": b"x"}, "Last-Event-ID"),
 ]
 
 

@@ -254,7 +254,7 @@ def test_the_store_syncs_as_configured(settings: Settings, setting: str, pragma:
     worker = Worker(settings.model_copy(update={"sqlite_synchronous": setting}))
     assert worker.writer._conn.execute("PRAGMA synchronous").fetchone()[0] == pragma
     with pytest.raises(ValueError, match="sqlite_synchronous"):
-        Settings(sqlite_synchronous="OFF")  # type: ignore[arg-type]
+        Settings(sqlite_synchronous="OFF")
 
 
 def test_a_runner_exit_with_a_textual_exit_code_zero_is_a_success(
