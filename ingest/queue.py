@@ -17,10 +17,9 @@ script that has already written. Every script here writes first with the lease's
 no memory. A MULTI would be refused whole, reads included.
 """
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -223,7 +222,8 @@ class WorkQueue:
         lease while it waited cannot have taken anything.
         """
         k = self.keys
-        return self._redis.blmove(k.queue, k.queue, math.ceil(timeout), "LEFT", "LEFT") is not None
+        # Redis takes a fractional timeout (redis-py's annotation says int).
+        return self._redis.blmove(k.queue, k.queue, cast(int, timeout), "LEFT", "LEFT") is not None
 
     def in_flight(self) -> list[InFlight]:
         # Not a MULTI: at OOM Redis refuses every command queued in one, reads too. Only the lease

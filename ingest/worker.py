@@ -61,7 +61,7 @@ T = TypeVar("T")
 
 # Worth waiting out: Redis or SQLite unavailable, locked or full (OOM: the worker frees memory).
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError, sqlite3.OperationalError)
-WAIT_SECONDS = 1.0  # longest block on an empty queue: bounds how late a warm stop or a heartbeat is
+WAIT_SECONDS = 0.5  # longest block on an empty queue: bounds how late a warm stop or a heartbeat is
 STANDBY_POLL = 0.5  # how often a standby tries to take the lease
 FAULT_BACKOFF = (0.5, 5.0)  # seconds between attempts to reopen a broken store: first, most
 FULL_GC_SECONDS = 60.0  # how often the loop runs a full cyclic garbage collection

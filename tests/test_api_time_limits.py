@@ -12,7 +12,7 @@ from taskevents.emitter import Emitter
 from taskevents.settings import Settings
 from tests.api_helpers import api_client, ingest
 
-pytestmark = pytest.mark.redis_server
+pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
 
 PAD = 60 * 1024
 

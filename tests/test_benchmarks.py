@@ -30,6 +30,7 @@ def test_api_bench_help() -> None:
     assert "--quick" in done.stdout and "Datasette" in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("redis_server")  # the suite's rule: skipped without one, failed in CI
 @pytest.mark.redis_server
 def test_api_bench_quick_in_process(tmp_path: Path) -> None:
@@ -49,6 +50,7 @@ def test_api_bench_quick_in_process(tmp_path: Path) -> None:
     assert all(s["cached"] for s in again["stores"].values())
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("redis_server")
 @pytest.mark.redis_server
 def test_api_bench_quick_http_against_datasette(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from taskevents.ingest.localredis import RedisServer
 from taskevents.settings import ProducerSettings, Settings
 
 
+@pytest.mark.redis_server
 def test_emitter_without_arguments_pushes_where_the_environment_says(
     redis_server: RedisServer, client: redis.Redis
 ) -> None:

@@ -16,7 +16,7 @@ from taskevents.ingest.localredis import RedisServer, answers, free_port
 from tests.helpers import rows, wait_for
 from tests.test_deploy_files import healthcheck_argv
 
-pytestmark = pytest.mark.redis_server
+pytestmark = [pytest.mark.redis_server, pytest.mark.honcho, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 

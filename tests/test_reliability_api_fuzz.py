@@ -36,7 +36,7 @@ from taskevents.settings import Settings
 from tests.api_helpers import emitter
 from tests.stream_helpers import live
 
-pytestmark = pytest.mark.redis_server
+pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
 
 KNOWN_TASKS = ("fuzz-ended", "fuzz-running", "fuzz-ünïcode 😀")
 

@@ -23,7 +23,7 @@ from taskevents.settings import Settings
 from tests.helpers import rows, start_worker
 from tests.reliability_write_helpers import last_batch, raw_event, wait_until_stored
 
-pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
+pytestmark = pytest.mark.redis_server
 
 KILLS = 20
 EMITTERS, PER_EMITTER = 4, 40_000
@@ -81,6 +81,7 @@ def push_raw(settings: Settings) -> None:
     client.close()
 
 
+@pytest.mark.slow
 def test_twenty_sigkills_during_a_200k_ingest_store_every_event_once_in_order(
     settings: Settings, client: redis.Redis
 ) -> None:

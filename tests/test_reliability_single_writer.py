@@ -69,6 +69,7 @@ def ttl_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"heartbeat_ttl": TTL, "batch_size": 500})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 3])
 def test_workers_started_at_once_store_every_event_once(
     ttl_settings: Settings, client: redis.Redis, workers: int
@@ -87,6 +88,7 @@ def test_workers_started_at_once_store_every_event_once(
     assert_each_stored_once_in_order(settings, total)
 
 
+@pytest.mark.slow
 def test_a_standby_takes_over_when_the_active_worker_is_killed(
     ttl_settings: Settings, client: redis.Redis
 ) -> None:
@@ -122,6 +124,7 @@ def _push_paced(client: redis.Redis, settings: Settings, start: int, end: int, s
         time.sleep(max(0.0, began + (k + 1) * seconds / steps - time.monotonic()))
 
 
+@pytest.mark.slow
 def test_a_warm_stop_hands_over_at_once(ttl_settings: Settings, client: redis.Redis) -> None:
     settings = ttl_settings.model_copy(update={"heartbeat_ttl": 30.0})  # a lapse would take 30 s
     first = start_worker(settings, TASKEVENTS_HEARTBEAT_TTL="30")
@@ -138,6 +141,7 @@ def test_a_warm_stop_hands_over_at_once(ttl_settings: Settings, client: redis.Re
     assert_each_stored_once_in_order(settings, 1000)
 
 
+@pytest.mark.slow
 def test_a_restarted_worker_takes_its_dead_predecessors_lease_at_once(
     ttl_settings: Settings, client: redis.Redis
 ) -> None:
@@ -152,6 +156,7 @@ def test_a_restarted_worker_takes_its_dead_predecessors_lease_at_once(
     assert time.monotonic() - began < 5.0  # not the lease's 30 s: its holder is provably dead
 
 
+@pytest.mark.slow
 def test_a_frozen_worker_is_replaced_and_cannot_write_when_it_wakes(
     ttl_settings: Settings, client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -227,6 +232,7 @@ def test_a_deposed_worker_can_neither_commit_nor_acknowledge(
     assert orjson.loads(client.get(keys.heartbeat) or b"{}").get("pid") == os.getpid()
 
 
+@pytest.mark.slow
 def test_a_standby_takes_over_the_lapsed_lease_of_a_worker_on_another_host(
     ttl_settings: Settings, client: redis.Redis
 ) -> None:

@@ -17,6 +17,7 @@ def test_stream_bench_help() -> None:
     assert "--quick" in done.stdout and "--clients" in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.redis_server
 def test_stream_bench_quick(tmp_path: Path, redis_server: object) -> None:
     output = tmp_path / "stream.json"

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.redis_server
 TASKEVENTS = str(Path(sys.executable).with_name("taskevents"))  # the installed command
 
 
+@pytest.mark.slow
 def test_the_tail_client_reconnects_by_itself_when_the_server_goes_away(settings: Settings) -> None:
     quick = settings.model_copy(update={"stream_retry_ms": 200})
     with live(quick) as lv:

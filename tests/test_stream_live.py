@@ -78,6 +78,7 @@ def test_a_task_not_seen_yet_can_be_subscribed_to(settings: Settings) -> None:
     assert event_seqs(frames) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_a_task_that_never_shows_up_ends_after_the_idle_timeout(settings: Settings) -> None:
     short = settings.model_copy(update={"stream_idle": 1.0})
     with live(short) as lv, httpx.Client(timeout=10) as client:
@@ -90,6 +91,7 @@ def test_a_task_that_never_shows_up_ends_after_the_idle_timeout(settings: Settin
     assert frames[-1].json() == {"reason": "no_events", "last_seq": 0, "status": None}
 
 
+@pytest.mark.slow
 def test_a_slow_client_does_not_delay_a_fast_one_and_catches_up_from_the_store(settings: Settings) -> None:
     total, pad = 3000, 1000  # ~4 MB, many times what the slow client's socket buffers hold
     # A live buffer of 3 bursts: the fast client never overflows it, the slow one soon does. The send
@@ -141,6 +143,7 @@ def test_a_slow_client_does_not_delay_a_fast_one_and_catches_up_from_the_store(s
     assert max(latencies) < 1.0, max(latencies)
 
 
+@pytest.mark.slow
 def test_a_client_that_never_reads_is_dropped_and_memory_stays_bounded(settings: Settings) -> None:
     buffer = 100
     strict = settings.model_copy(update={"stream_buffer": buffer, "stream_send_timeout": 1.0})

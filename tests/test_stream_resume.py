@@ -13,6 +13,7 @@ from tests.stream_helpers import ApiServer, FrameParser, Live, event_seqs, live,
 pytestmark = pytest.mark.redis_server
 
 
+@pytest.mark.slow
 def test_a_client_cut_off_100_times_gets_every_event_once_and_in_order(settings: Settings) -> None:
     total = 10_000
     rng = random.Random(20261125)
