@@ -5,8 +5,8 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# Only what the package is made of (pyproject names README.md and the three packages); this keeps a
-# local .venv/, data/ and *.db out of the image even without a .dockerignore.
+# Only what the package is made of (pyproject names README.md and the three folders it installs as
+# `taskevents`); this keeps a local .venv/, data/ and *.db out of the image even without .dockerignore.
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY ingest ./ingest
@@ -21,7 +21,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TASKEVENTS_DB=/data/taskevents.db
 COPY --from=build /wheels /wheels
-RUN pip install /wheels/*.whl && rm -rf /wheels
+# The server extra: the worker and the API (the base install is a runner's producer only).
+RUN pip install "$(ls /wheels/*.whl)[server]" && rm -rf /wheels
 
 # A non-root user owning /data: an empty named volume mounted there takes this ownership, so the
 # worker can create the SQLite file (and its -wal/-shm files) beside it.

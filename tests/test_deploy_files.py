@@ -99,3 +99,12 @@ def test_the_api_reads_the_workers_store_and_is_health_checked(services: dict[st
     assert not any(str(v).endswith(":ro") for v in api["volumes"])
     assert "8000:8000" in [str(p) for p in api["ports"]]
     assert "http://127.0.0.1:8000/api/ready" in " ".join(healthcheck_argv(api["healthcheck"]["test"]))
+
+
+def test_the_image_installs_what_it_runs() -> None:
+    """The worker and the API need the server extra; the base install is only a runner's producer."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    installs = [line for line in dockerfile.splitlines() if line.startswith("RUN pip install")]
+    assert installs and all("[server]" in line for line in installs), installs
+    for folder in ("shared", "ingest", "api"):
+        assert f"COPY {folder} ./{folder}" in dockerfile
