@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from taskevents.clock import format_ms
-from taskevents.event import SPAN_CLOSERS, SPAN_OPENERS, WireEvent, exit_status
+from taskevents.event import SPAN_CLOSERS, SPAN_OPENERS, WireEvent, exit_reason, exit_status
 from taskevents.ingest.lease import LeaseLost
 from taskevents.ingest.walcap import WalCap
 
@@ -90,6 +90,8 @@ class _TaskChange:
     count: int = 0
     phase: str | None = None
     status: str | None = None
+    reason_changed: bool = False  # a runner_exit set exit_reason, or a runner_spawn cleared it
+    exit_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -105,6 +107,11 @@ class _SpanChange:
     state: str = "open"
     state_changed: bool = False
     end_seq: int | None = None
+    # From the work item events' payloads (None: this batch did not say): what the UI shows.
+    work_item_id: str | None = None
+    work_type: str | None = None
+    progress: str | None = None  # the latest progress, as JSON
+    error_code: str | None = None
 
 
 # Rows go in as multi-row INSERTs of up to _ROWS_PER_INSERT rows: one statement step per chunk, so
@@ -124,17 +131,19 @@ def _insert_events_sql(rows: int) -> str:
 
 
 _INSERT_TASK = """
-INSERT INTO tasks (task_id, latest_seq, event_count, first_at, last_at, current_phase, status)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO tasks (task_id, latest_seq, event_count, first_at, last_at, current_phase, status, exit_reason)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 _UPDATE_TASK = """
 UPDATE tasks SET latest_seq = ?, event_count = event_count + ?, last_at = ?,
-                 current_phase = coalesce(?, current_phase), status = coalesce(?, status)
+                 current_phase = coalesce(?, current_phase), status = coalesce(?, status),
+                 exit_reason = CASE WHEN ? THEN ? ELSE exit_reason END
 WHERE task_id = ?
 """
 _SPAN_COLUMNS = ", ".join(
     ("task_id", "span_id", "parent_span_id", "event_type", "phase", "first_seq", "last_seq")
     + ("event_count", "state", "started_at", "end_seq", "ended_at")
+    + ("work_item_id", "work_type", "progress", "error_code")
 )
 _ROWS_PER_UPSERT = 500
 
@@ -142,7 +151,7 @@ _ROWS_PER_UPSERT = 500
 @functools.cache
 def _upsert_spans_sql(rows: int, state_changed: bool) -> str:
     """Spans whose state this batch changed take the new state; the others keep theirs."""
-    values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * rows)
+    values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * rows)
     state = (
         "state = excluded.state, end_seq = excluded.end_seq, ended_at = excluded.ended_at"
         if state_changed
@@ -154,8 +163,24 @@ ON CONFLICT (task_id, span_id) DO UPDATE SET
     parent_span_id = coalesce(spans.parent_span_id, excluded.parent_span_id),
     last_seq = excluded.last_seq,
     event_count = spans.event_count + excluded.event_count,
+    work_item_id = coalesce(excluded.work_item_id, spans.work_item_id),
+    work_type = coalesce(excluded.work_type, spans.work_type),
+    progress = coalesce(excluded.progress, spans.progress),
+    error_code = coalesce(excluded.error_code, spans.error_code),
     {state}
 """
+
+
+def _fold_work_item(span: _SpanChange, event_type: str, payload: dict[str, object]) -> None:
+    """What a work item event tells about its span: its id and type, progress, error code."""
+    if isinstance(item := payload.get("work_item_id"), str):
+        span.work_item_id = item
+    if isinstance(kind := payload.get("work_type"), str):
+        span.work_type = kind
+    if event_type == "work_item_progress" and (progress := payload.get("progress")) is not None:
+        span.progress = orjson.dumps(progress).decode()
+    elif event_type == "work_item_failed" and isinstance(code := payload.get("error_code"), str):
+        span.error_code = code
 
 
 class StoreWriter:
@@ -320,9 +345,10 @@ class StoreWriter:
             if e.phase is not None:
                 task.phase = e.phase
             if e.event_type == "runner_spawn":
-                task.status = "running"
+                task.status, task.reason_changed, task.exit_reason = "running", True, None
             elif e.event_type == "runner_exit":
                 task.status = exit_status(e.payload)
+                task.reason_changed, task.exit_reason = True, exit_reason(e.payload)
 
             key = (e.task_id, e.span_id)
             span = spans.get(key)
@@ -338,6 +364,8 @@ class StoreWriter:
                 span.state, span.end_seq, span.state_changed = "open", None, True
             elif (closed := SPAN_CLOSERS.get(e.event_type)) is not None:
                 span.state, span.end_seq, span.state_changed = closed, seq, True
+            if e.event_type.startswith("work_item_"):
+                _fold_work_item(span, e.event_type, e.payload)
 
             rows.append(
                 (
@@ -358,11 +386,15 @@ class StoreWriter:
 
     def _write_tasks(self, changes: dict[str, _TaskChange], at: str) -> None:
         new = [
-            (tid, c.last_seq, c.count, at, at, c.phase, c.status or "running")
+            (tid, c.last_seq, c.count, at, at, c.phase, c.status or "running", c.exit_reason)
             for tid, c in changes.items()
             if not c.existing
         ]
-        old = [(c.last_seq, c.count, at, c.phase, c.status, tid) for tid, c in changes.items() if c.existing]
+        old = [
+            (c.last_seq, c.count, at, c.phase, c.status, c.reason_changed, c.exit_reason, tid)
+            for tid, c in changes.items()
+            if c.existing
+        ]
         if new:
             self._conn.executemany(_INSERT_TASK, new)
         if old:
@@ -375,6 +407,7 @@ class StoreWriter:
             groups[s.state_changed].append(
                 (s.task_id, s.span_id, s.parent_span_id, s.event_type, s.phase, s.first_seq, s.last_seq)
                 + (s.count, s.state, at, s.end_seq, ended_at)
+                + (s.work_item_id, s.work_type, s.progress, s.error_code)
             )
         for state_changed, rows in groups.items():
             for start in range(0, len(rows), _ROWS_PER_UPSERT):

@@ -125,6 +125,17 @@ def exit_status(payload: dict[str, Any]) -> str:
     return "failed"
 
 
+def exit_reason(payload: dict[str, Any]) -> str | None:
+    """Why a run ended, in a few words, as the UI shows it: its explanation, else its error code,
+    else its outcome, else a non-zero exit code; None when it said nothing."""
+    for key in ("explanation", "error_code", "outcome"):
+        value = payload.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()[:500]
+    code = _integer(payload.get("exit_code"))
+    return f"exit code {code}" if code else None
+
+
 def _integer(value: object) -> int | None:
     if isinstance(value, bool):
         return None

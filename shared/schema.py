@@ -75,6 +75,32 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     -- why), so that a worker acknowledging it after a crash does exactly what its committer would have.
     ALTER TABLE ingest_state ADD COLUMN last_batch TEXT;
     """,
+    """
+    -- What the runner UI shows without reading events: why a run ended, and per work item span its
+    -- id and type (from its events' payloads), its latest progress and its error code.
+    ALTER TABLE tasks ADD COLUMN exit_reason TEXT;          -- of the latest runner_exit; null while running
+    ALTER TABLE spans ADD COLUMN work_item_id TEXT;
+    ALTER TABLE spans ADD COLUMN work_type TEXT;
+    ALTER TABLE spans ADD COLUMN progress TEXT;             -- JSON: the latest progress event's
+    ALTER TABLE spans ADD COLUMN error_code TEXT;           -- of the latest work_item_failed
+    -- A span's children in the order they started (the span tree, a phase's work items).
+    CREATE INDEX idx_spans_parent ON spans (task_id, parent_span_id, first_seq);
+    -- Failed spans of a task, counted for the task list.
+    CREATE INDEX idx_spans_failed ON spans (task_id) WHERE state = 'failed';
+    -- Stores written before this version: what their first and last events say.
+    UPDATE spans SET
+        work_item_id = (SELECT json_extract(e.payload, '$.work_item_id') FROM task_events AS e
+                        WHERE e.task_id = spans.task_id AND e.seq = spans.first_seq),
+        work_type = (SELECT json_extract(e.payload, '$.work_type') FROM task_events AS e
+                     WHERE e.task_id = spans.task_id AND e.seq = spans.first_seq),
+        error_code = (SELECT json_extract(e.payload, '$.error_code') FROM task_events AS e
+                      WHERE e.task_id = spans.task_id AND e.seq = spans.end_seq AND spans.state = 'failed');
+    UPDATE tasks SET exit_reason = (
+        SELECT coalesce(json_extract(e.payload, '$.explanation'), json_extract(e.payload, '$.outcome'))
+        FROM task_events AS e WHERE e.task_id = tasks.task_id AND e.seq = tasks.latest_seq
+        AND e.event_type = 'runner_exit')
+    WHERE status != 'running';
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
