@@ -134,16 +134,28 @@ def emit_work_item_progress(
     span_id: str,
     parent_span_id: str,
     work_item_id: str,
-    progress: float,
+    progress: float | None = None,
     *,
+    current: int | None = None,
+    total: int | None = None,
     phase: str | None = None,
     explanation: str | None = None,
     emitter: Emitter | None = None,
 ) -> None:
-    """`progress` is a fraction from 0 to 1."""
-    if not 0.0 <= progress <= 1.0:
-        raise ValueError(f"progress: must be between 0 and 1, got {progress!r}")
-    payload = {"work_item_id": work_item_id, "progress": progress}
+    """Either `progress`, a fraction from 0 to 1 (payload `"progress": 0.4`), or `current` of `total`
+    steps (payload `"progress": {"current": 4, "total": 10}`)."""
+    value: float | dict[str, int]
+    if progress is not None:
+        if current is not None or total is not None:
+            raise ValueError("progress: give a fraction, or current and total, not both")
+        if not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress: must be between 0 and 1, got {progress!r}")
+        value = progress
+    elif current is None or total is None or not 0 <= current <= total or total < 1:
+        raise ValueError(f"progress: need 0 <= current <= total and total >= 1, got {current!r} of {total!r}")
+    else:
+        value = {"current": current, "total": total}
+    payload = {"work_item_id": work_item_id, "progress": value}
     _send(
         emitter, task_id, "work_item_progress", span_id, "worker", payload, explanation, phase, parent_span_id
     )

@@ -65,21 +65,67 @@ def emit_command(
 @click.option("--tasks", default=20, show_default=True, help="How many runs to simulate.")
 @click.option("--concurrency", default=5, show_default=True, help="Runs in progress at once.")
 @click.option(
-    "--rate", default=200.0, show_default=True, help="Events per second in total (0: as fast as possible)."
+    "--rate",
+    default=200.0,
+    show_default=True,
+    help="Events per second in total (0: as fast as Redis takes them).",
 )
 @click.option("--seed", type=int, help="Random seed, for a repeatable simulation.")
 @click.option("--prefix", default="sim", show_default=True, help="Task id prefix.")
+@click.option(
+    "--leave-running",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Runs that stop part way, without a runner_exit, as runs still in progress do.",
+)
+@click.option(
+    "--events",
+    type=click.IntRange(min=1),
+    help="Big-run mode: one run of exactly this many events (with --spans), as fast as Redis takes them.",
+)
+@click.option("--spans", type=click.IntRange(min=1), help="Big-run mode: its number of spans.")
 @settings_options
 def simulate_command(
-    settings: Settings, tasks: int, concurrency: int, rate: float, seed: int | None, prefix: str
+    settings: Settings,
+    tasks: int,
+    concurrency: int,
+    rate: float,
+    seed: int | None,
+    prefix: str,
+    leave_running: int,
+    events: int | None,
+    spans: int | None,
 ) -> None:
     """Emit realistic agent runs: a runner span, the phases, parallel work items (some failing),
-    progress, checkpoints with evidence, sometimes a recovery."""
-    from taskevents.simulate import simulate  # imported when run: it is the largest module here
+    progress, checkpoints with evidence (some rejected), recoveries; about a fifth of the runs fail.
+
+    With --events and --spans, one long run instead (e.g. --events 100000 --spans 5000), printed by
+    its task id.
+    """
+    from taskevents.simulate import simulate, simulate_big_run  # the largest module here: when run
 
     emitter = Emitter.from_settings(settings)
-    count = simulate(emitter, tasks=tasks, concurrency=concurrency, rate=rate, seed=seed, prefix=prefix)
-    delivered = emitter.close(30.0)
-    click.echo(f"emitted {count} events for {tasks} tasks" + ("" if delivered else " (NOT all delivered)"))
+    if events is not None or spans is not None:
+        if events is None or spans is None:
+            raise click.UsageError("big-run mode needs both --events and --spans")
+        try:
+            task_id = simulate_big_run(emitter, events=events, spans=spans, seed=seed, prefix=prefix)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        summary = f"emitted {events} events and {spans} spans for task {task_id}"
+    else:
+        count = simulate(
+            emitter,
+            tasks=tasks,
+            concurrency=concurrency,
+            rate=rate,
+            seed=seed,
+            prefix=prefix,
+            leave_running=leave_running,
+        )
+        summary = f"emitted {count} events for {tasks} tasks"
+    delivered = emitter.close(60.0)
+    click.echo(summary + ("" if delivered else " (NOT all delivered)"))
     if not delivered:
         sys.exit(1)

@@ -110,3 +110,22 @@ def test_dead_letters_are_counted_listed_and_replayed(settings: Settings, client
     assert client.llen(keys.dead) == 1
     purged = run(settings, "dead-letters", "purge", "--yes")
     assert "deleted 1" in purged.stdout and client.llen(keys.dead) == 0
+
+
+@pytest.mark.redis_server
+def test_simulate_makes_a_big_run_and_leaves_runs_running(settings: Settings, client: redis.Redis) -> None:
+    big = run(settings, "simulate", "--events", "3000", "--spans", "200", "--seed", "1", "--prefix", "b")
+    assert big.returncode == 0, big.stderr
+    assert "emitted 3000 events and 200 spans for task b-big-" in big.stdout
+    assert client.llen(settings.queue) == 3000
+    client.delete(settings.queue)
+    fleet = run(settings, "simulate", "--tasks", "6", "--leave-running", "2", "--rate", "0", "--seed", "2")
+    assert fleet.returncode == 0, fleet.stderr
+    exits = [
+        e
+        for e in (orjson.loads(x) for x in client.lrange(settings.queue, 0, -1))
+        if e["event_type"] == "runner_exit"
+    ]
+    assert len(exits) == 4
+    refused = run(settings, "simulate", "--events", "10")
+    assert refused.returncode == 2 and "--events and --spans" in refused.stderr

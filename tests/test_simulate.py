@@ -10,7 +10,7 @@ import pytest
 import taskevents.simulate as simulate_module
 from taskevents.emitter import Emitter
 from taskevents.event import EVENT_TYPES, SPAN_CLOSERS, SPAN_OPENERS, WireEvent, encode_payload
-from taskevents.simulate import simulate
+from taskevents.simulate import simulate, simulate_big_run
 
 
 class RecordingEmitter(Emitter):
@@ -66,7 +66,9 @@ def test_each_task_starts_with_runner_spawn_and_ends_with_runner_exit(events: li
         assert [e["event_type"] for e in task].count("runner_exit") == 1
         exit_payload = task[-1]["payload"]
         assert exit_payload["outcome"] in ("succeeded", "failed")
-        assert exit_payload["exit_code"] == (0 if exit_payload["outcome"] == "succeeded" else 1)
+        assert (exit_payload["exit_code"] == 0) == (exit_payload["outcome"] == "succeeded")
+        if exit_payload["outcome"] == "failed":
+            assert exit_payload["explanation"]  # a failed run says why
 
 
 def test_spans_open_before_use_close_in_the_task_and_have_opened_parents(
@@ -88,6 +90,8 @@ def test_spans_open_before_use_close_in_the_task_and_have_opened_parents(
             assert span in opened and span not in closed, (task_id, event)
             if kind in SPAN_CLOSERS:
                 closed.add(span)
+        if task[-1]["payload"]["exit_code"] in simulate_module.KILLED:
+            continue  # a killed runner leaves its phase and work items open, as a real one does
         assert opened == closed, f"{task_id}: never closed: {opened - closed}"
 
 
@@ -103,11 +107,49 @@ def test_phases_are_children_of_the_runner_and_work_items_of_the_executing_phase
             if event["event_type"] == "work_item_start":
                 assert phase_of_span[event["parent_span_id"]] == "executing"
         phases = [e["phase"] for e in task if e["event_type"] == "phase_enter"]
-        assert phases[:3] == ["planning", "executing", "verifying"]
+        killed = task[-1]["payload"]["exit_code"] in simulate_module.KILLED
+        assert phases[:3] == (["planning", "executing"] if killed else ["planning", "executing", "verifying"])
         # A recovery is always followed by executing and verifying again.
         for i, phase in enumerate(phases):
             if phase == "recovery":
                 assert phases[i + 1 : i + 3] == ["executing", "verifying"]
+
+
+def test_a_share_of_runs_fail_with_a_reason_and_some_checkpoints_are_rejected() -> None:
+    _, events = run(tasks=200, concurrency=10, seed=3)
+    ends = [task[-1] for task in by_task(events).values()]
+    failed = [e for e in ends if e["payload"]["outcome"] == "failed"]
+    assert 0.1 * len(ends) <= len(failed) <= 0.35 * len(ends)
+    reasons = {e["payload"]["explanation"] for e in failed}
+    assert any("killed" in r for r in reasons) and any("gave up" in r for r in reasons)
+    invalid = [e for e in events if e["event_type"] == "checkpoint_invalid"]
+    assert invalid and all(e["payload"]["error_code"] for e in invalid)
+
+
+def test_leave_running_stops_that_many_runs_before_their_exit() -> None:
+    _, events = run(tasks=20, leave_running=4)
+    tasks = by_task(events)
+    running = [t for t, task in tasks.items() if task[-1]["event_type"] != "runner_exit"]
+    assert len(tasks) == 20 and len(running) == 4
+    assert all(sum(e["event_type"] == "runner_exit" for e in tasks[t]) == 0 for t in running)
+
+
+def test_a_big_run_has_exactly_the_events_and_spans_asked_for() -> None:
+    emitter = RecordingEmitter()
+    task_id = simulate_big_run(emitter, events=20_000, spans=1_000, seed=5, prefix="big")
+    events = emitter.events
+    assert len(events) == 20_000 and {e["task_id"] for e in events} == {task_id}
+    assert len({e["span_id"] for e in events}) == 1_000
+    phases = [e["phase"] for e in events if e["event_type"] == "phase_enter"]
+    assert phases.count("executing") == 4 and phases.count("recovery") == 3 and phases[0] == "planning"
+    assert [e["event_type"] for e in events if e["event_type"].startswith("checkpoint_")].count(
+        "checkpoint_invalid"
+    ) == 3
+    progress = [e["payload"]["progress"] for e in events if e["event_type"] == "work_item_progress"]
+    assert all(0 < p["current"] <= p["total"] for p in progress)
+    assert events[-1]["event_type"] == "runner_exit" and events[-1]["payload"]["outcome"] == "succeeded"
+    with pytest.raises(ValueError, match="needs at least"):
+        simulate_big_run(RecordingEmitter(), events=100, spans=50, seed=1, prefix="x")
 
 
 def test_work_item_progress_rises_from_0_to_1(events: list[dict[str, Any]]) -> None:
