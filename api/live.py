@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from taskevents.api.livereads import Head, events_after, events_in_ranges, head, heads
+from taskevents.api.reads import tasks_by_id
 from taskevents.api.store import ReadStore
 from taskevents.keys import QueueKeys
 from taskevents.messages import CommitNotice
@@ -51,6 +52,7 @@ PAGE = 500  # events per store read when a client replays or catches up
 RUNNER_EXIT = "runner_exit"
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # seconds between attempts to resubscribe to Redis
 GET_MESSAGE_TIMEOUT = 1.0  # the subscription loop wakes this often, so Redis health checks run
+LIST_INTERVAL = 0.25  # seconds between two frames of the task list's feed: changes are merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,10 @@ class LiveHub:
         self._inbox: dict[str, tuple[int, int]] = {}  # merged notifications not yet fanned out
         self._news = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # The task list's live feed: who watches it, and which tasks changed since it was last fed.
+        self._lists: set[TaskListFeed] = set()
+        self._changed: set[str] = set()
+        self._changes = asyncio.Event()
         # Counters, for tests, benchmarks and logs.
         self.subscribed = 0  # times the Redis subscription was (re)established
         self.notifications = 0
@@ -209,6 +215,7 @@ class LiveHub:
             asyncio.create_task(self._listen(), name="taskevents-live-listen"),
             asyncio.create_task(self._fan_out(), name="taskevents-live-fanout"),
             asyncio.create_task(self._poll(), name="taskevents-live-poll"),
+            asyncio.create_task(self._feed_task_lists(), name="taskevents-live-task-lists"),
         ]
 
     async def stop(self) -> None:
@@ -313,6 +320,9 @@ class LiveHub:
             log.warning("ignoring a malformed commit notification: %r", data[:200])
             return
         self.notifications += 1
+        if self._lists:
+            self._changed.update(ranges)
+            self._changes.set()
         now = time.monotonic()
         for task_id, (first, last) in ranges.items():
             if task_id not in self._subs:
@@ -326,6 +336,38 @@ class LiveHub:
     def _catch_up_everyone(self) -> None:
         for sub in self.subscriptions():
             sub.request_catch_up()
+        for feed in self._lists:
+            feed.resync()  # what changed meanwhile is unknown: the client reads its page again
+
+    # --- the task list's feed --------------------------------------------------------------------
+
+    def watch_task_list(self) -> "TaskListFeed":
+        feed = TaskListFeed(self)
+        self._lists.add(feed)
+        return feed
+
+    def unwatch_task_list(self, feed: "TaskListFeed") -> None:
+        self._lists.discard(feed)
+
+    async def _feed_task_lists(self) -> None:
+        """Every LIST_INTERVAL at most, the summaries of the tasks that changed, read once for all."""
+        while not self.closed:
+            await self._changes.wait()
+            self._changes.clear()
+            changed, self._changed = self._changed, set()
+            if not self._lists or not changed:
+                continue
+            try:
+                found = await self.read(tasks_by_id, sorted(changed))
+            except Exception as exc:
+                log.warning("reading changed tasks failed (%s): task lists resync", exc)
+                for feed in self._lists:
+                    feed.resync()
+                continue
+            frame = b"event: tasks\ndata: [%s]\n\n" % ",".join(found.values()).encode()
+            for feed in list(self._lists):
+                feed.offer(frame)
+            await asyncio.sleep(LIST_INTERVAL)  # what changes meanwhile goes in the next frame
 
     # --- fan-out ---------------------------------------------------------------------------------
 
@@ -384,6 +426,41 @@ class LiveHub:
                             "task %s: seq %d found by polling; catching up", task_id, task_head.latest_seq
                         )
                         sub.request_catch_up()
+
+
+class TaskListFeed:
+    """One client of the task list's feed: frames of changed task summaries, bounded; a client too slow
+    for them gets one `resync` instead (it reads its page of the list again)."""
+
+    MAX_FRAMES = 50
+    RESYNC = b"event: resync\ndata: {}\n\n"
+
+    def __init__(self, hub: "LiveHub") -> None:
+        self.hub = hub
+        self.frames: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+
+    def offer(self, frame: bytes) -> None:
+        if len(self.frames) >= self.MAX_FRAMES:
+            self.resync()
+            return
+        self.frames.append(frame)
+        self._wake.set()
+
+    def resync(self) -> None:
+        self.frames.clear()
+        self.frames.append(self.RESYNC)
+        self._wake.set()
+
+    async def next_frames(self) -> bytes:
+        """What to send now (waits until there is something, or the hub stops: then b"")."""
+        while not self.frames and not self.hub.closed:
+            self._wake.clear()
+            with anyio.move_on_after(GET_MESSAGE_TIMEOUT):
+                await self._wake.wait()
+        out = b"".join(self.frames)
+        self.frames.clear()
+        return out
 
 
 def _by_task(rows: list[tuple[str, int, str, str]]) -> dict[str, list[LiveEvent]]:

@@ -65,6 +65,16 @@ class Span(BaseModel):
     event_count: int
     started_at: str
     ended_at: str | None
+    work_item_id: str | None = Field(None, description="A work item span's `work_item_id` (its events').")
+    work_type: str | None = Field(None, description="A work item span's `work_type`.")
+    progress: Any = Field(
+        None,
+        description="The `progress` of the span's latest `work_item_progress`: a fraction from 0 to 1, or "
+        "`{current, total}`.",
+    )
+    error_code: str | None = Field(
+        None, description="The `error_code` of the span's latest `work_item_failed`."
+    )
 
 
 class GraphNode(Span):
@@ -107,8 +117,45 @@ class TaskSummary(BaseModel):
     event_count: int
     current_phase: Phase | None
     status: TaskStatus
-    first_at: str
-    last_at: str
+    first_at: str = Field(description="When the store accepted its first event.")
+    last_at: str = Field(description="When the store accepted its latest event.")
+    exit_reason: str | None = Field(
+        None, description="Why its run ended (the runner_exit's explanation, error code or outcome)."
+    )
+    failed_items: int = Field(0, description="Its spans whose latest state is `failed` (work items, mostly).")
+
+
+class SpanCounts(BaseModel):
+    open: int
+    closed: int
+    failed: int
+
+
+class Stage(BaseModel):
+    span: Span = Field(description="The phase span (one attempt of a phase).")
+    counts: SpanCounts = Field(description="Its child spans (work items) by state.")
+    items: list[Span] = Field(description="Its first child spans, in the order they started.")
+    more: bool = Field(description="More children than `items`: read them with `/spans?parent=`.")
+
+
+class Overview(BaseModel):
+    task: TaskSummary
+    roots: list[Span] = Field(description="Spans without a parent (the runner's).")
+    stages: list[Stage] = Field(description="The phase spans in the order they started.")
+    events: list[Event] = Field(description="The latest events, ascending.")
+    checkpoints: list[Event] = Field(description="The newest checkpoint events, ascending.")
+
+
+class SpansPage(BaseModel):
+    spans: list[Span]
+    has_more: bool
+    next_seq: int = Field(description="Pass back as `after_seq` for the next page.")
+
+
+class FoundPage(BaseModel):
+    events: list[Event] = Field(description="Matching events, newest first.")
+    scanned_to: int = Field(description="The lowest seq searched; pass as `before_seq` to search on.")
+    has_more: bool = Field(description="Older events remain to be searched.")
 
 
 class TasksPage(BaseModel):

@@ -122,22 +122,94 @@ def graph(conn: sqlite3.Connection, task_id: str, limit: int) -> bytes:
     ).encode()
 
 
-def tasks_page(
-    conn: sqlite3.Connection, limit: int, status: str | None, after: tuple[str, str] | None
-) -> bytes:
-    """Tasks, most recently active first, after the cursor position `after` (last_at, task_id)."""
-    params: tuple[str, ...]
-    if after is None:
-        sql, params = (q.TASKS, ()) if status is None else (q.TASKS_BY_STATUS, (status,))
-    elif status is None:
-        sql, params = q.TASKS_BEFORE, after
-    else:
-        sql, params = q.TASKS_BY_STATUS_BEFORE, (status, *after)
+def tasks_page(conn: sqlite3.Connection, limit: int, filters: dict[str, object]) -> bytes:
+    """Tasks, most recently active first, filtered (q.TASK_FILTERS; `after`: the cursor's position)."""
+    sql, params = q.tasks_query(filters)
     rows = conn.execute(sql, (*params, limit + 1)).fetchall()
     has_more = len(rows) > limit
     del rows[limit:]
     cursor = orjson.dumps(encode_cursor(rows[-1][0], rows[-1][1])).decode() if has_more else "null"
     return f'{{"tasks":[{",".join(row[2] for row in rows)}],"next_cursor":{cursor}}}'.encode()
+
+
+def tasks_by_id(conn: sqlite3.Connection, task_ids: list[str]) -> dict[str, str]:
+    """task_id -> its summary's JSON, for the tasks the store has."""
+    return dict(conn.execute(q.TASKS_BY_ID, (orjson.dumps(task_ids),)).fetchall())
+
+
+def spans(conn: sqlite3.Connection, task_id: str, parent: str | None, after_seq: int, limit: int) -> bytes:
+    """The task's spans in the order they started, after `after_seq`; only `parent`'s children if given.
+    `next_seq`: pass back as `after_seq` while `has_more`."""
+    task_row(conn, task_id)
+    if parent is None:
+        rows = conn.execute(q.SPANS_ALL, (task_id, after_seq, limit + 1)).fetchall()
+    else:
+        rows = conn.execute(q.SPAN_CHILDREN, (task_id, parent, after_seq, limit + 1)).fetchall()
+    has_more = len(rows) > limit
+    del rows[limit:]
+    next_seq = rows[-1][0] if rows else after_seq
+    body = ",".join(row[1] for row in rows)
+    return f'{{"spans":[{body}],"has_more":{_bool(has_more)},"next_seq":{next_seq}}}'.encode()
+
+
+def overview(conn: sqlite3.Connection, task_id: str, events: int, items: int, checkpoints: int) -> bytes:
+    """What a task page paints first, in one read: the task, its root spans, its stages (phase spans,
+    each with its work items' counts by state and its first `items` work items), its latest `events`
+    events (ascending) and its newest `checkpoints` checkpoint events (ascending)."""
+    task = conn.execute(f"SELECT {q.TASK_JSON} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    if task is None:
+        raise TaskNotFound(task_id)
+    counts: dict[str | None, dict[str, int]] = {}
+    for parent, state, n in conn.execute(q.CHILD_COUNTS, (task_id,)):
+        counts.setdefault(parent, {"open": 0, "closed": 0, "failed": 0})[state] = n
+    stages = []
+    for span_id, span_json in conn.execute(q.STAGES, (task_id,)).fetchall():
+        children = conn.execute(q.SPAN_CHILDREN, (task_id, span_id, 0, items)).fetchall()
+        tally = counts.get(span_id, {"open": 0, "closed": 0, "failed": 0})
+        stages.append(
+            f'{{"span":{span_json},"counts":{orjson.dumps(tally).decode()},'
+            f'"items":[{",".join(row[1] for row in children)}],'
+            f'"more":{_bool(sum(tally.values()) > len(children))}}}'
+        )
+    roots = ",".join(row[0] for row in conn.execute(q.ROOT_SPANS, (task_id,)))
+    latest = conn.execute(q.EVENTS_NEWEST, (task_id, events)).fetchall()
+    marks = conn.execute(q.CHECKPOINTS_NEWEST, (task_id, checkpoints)).fetchall()
+    return (
+        f'{{"task":{task[0]},"roots":[{roots}],"stages":[{",".join(stages)}],'
+        f'"events":[{",".join(row[1] for row in reversed(latest))}],'
+        f'"checkpoints":[{",".join(row[1] for row in reversed(marks))}]}}'
+    ).encode()
+
+
+def find(
+    conn: sqlite3.Connection,
+    task_id: str,
+    text: str | None,
+    types: list[str] | None,
+    failed: bool,
+    before_seq: int | None,
+    limit: int,
+) -> bytes:
+    """Events matching the filters, newest first, among at most q.FIND_SCAN events before `before_seq`.
+
+    Seqs are 1..latest without gaps, so the window is known before it is read: `scanned_to` is its
+    lowest seq, and `has_more` says that older events remain to be searched (from `scanned_to`).
+    """
+    task = task_row(conn, task_id)
+    before = task.latest_seq + 1 if before_seq is None else min(before_seq, task.latest_seq + 1)
+    kinds = orjson.dumps(types).decode() if types else None
+    rows = conn.execute(
+        q.FIND, (task_id, before, q.FIND_SCAN, text, text, kinds, kinds, int(failed), limit + 1)
+    ).fetchall()
+    scanned_to = max(1, before - q.FIND_SCAN)
+    if len(rows) > limit:  # the page filled up before the window ended: go on from the last match
+        del rows[limit:]
+        scanned_to = rows[-1][0]
+    has_more = scanned_to > 1
+    return (
+        f'{{"events":[{",".join(row[1] for row in rows)}],"scanned_to":{scanned_to},'
+        f'"has_more":{_bool(has_more)}}}'
+    ).encode()
 
 
 def last_commit_at(conn: sqlite3.Connection) -> str | None:

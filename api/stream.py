@@ -165,6 +165,39 @@ async def sse_task_events(
     )
 
 
+async def _task_list_body(hub: LiveHub) -> AsyncIterator[bytes]:
+    yield b"retry: %d\n\n" % hub.settings.stream_retry_ms
+    feed = hub.watch_task_list()
+    try:
+        while not hub.closed:
+            frames = await feed.next_frames()
+            if frames:
+                yield frames
+    finally:
+        hub.unwatch_task_list(feed)
+
+
+@router.get(
+    "/sse/tasks",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "The task list's feed."}},
+)
+async def sse_task_list(request: Request) -> EventSourceResponse:
+    """Server-Sent Events: the summaries of tasks as they change (what `GET /api/tasks` lists), pushed as
+    the worker commits, merged over a quarter of a second: `event: tasks` with a JSON array of task
+    summaries, and `event: resync` when what changed is not known (the client reads its page again).
+    Connect first, then read the page: a summary with a higher `latest_seq` is the newer one."""
+    hub = _hub(request.app)
+    settings = hub.settings
+    return _EventStream(
+        _task_list_body(hub),
+        ping=settings.stream_ping,
+        ping_message_factory=lambda: ServerSentEvent(comment="keep-alive", sep=SEP),
+        send_timeout=settings.stream_send_timeout,
+        sep=SEP,
+    )
+
+
 # --- WebSocket -----------------------------------------------------------------------------------
 
 

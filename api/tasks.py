@@ -14,6 +14,7 @@ once. Every read is stopped at TASKEVENTS_QUERY_TIMEOUT (503 `query_timeout`). E
 the bytes api/reads.py built; `response_model` only documents them.
 """
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
@@ -27,11 +28,15 @@ from taskevents.api.models import (
     ERRORS_TASK,
     Event,
     EventsPage,
+    FoundPage,
     Graph,
+    Overview,
     Snapshot,
+    SpansPage,
     TasksPage,
     TaskStatus,
 )
+from taskevents.clock import format_ms
 from taskevents.event import Phase
 
 MAX_SEQ = 2**63 - 1  # SQLite's largest integer: a bigger since_seq is a 400, not an overflow
@@ -57,15 +62,40 @@ async def list_tasks(
         str | None, Query(max_length=1024, description="`next_cursor` of the previous page.")
     ] = None,
     status: Annotated[TaskStatus | None, Query(description="Only tasks with this status.")] = None,
+    phase: Annotated[Phase | None, Query(description="Only tasks whose current phase is this.")] = None,
+    q: Annotated[
+        str | None,
+        Query(min_length=1, max_length=128, description="Only tasks whose id contains this (any case)."),
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        Query(description="Only tasks active at or after this instant (ISO 8601; UTC if naive)."),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        Query(description="Only tasks last active before this instant (ISO 8601; UTC if naive)."),
+    ] = None,
 ) -> Response:
-    """The tasks, most recently active first (by the time of their last stored event), with a cursor."""
-    after = None
+    """The tasks, most recently active first (by the time of their last stored event), with a cursor.
+    The filters combine; each page is a walk of the task index by recency (see api/queries.py)."""
+    filters: dict[str, object] = {"status": status, "phase": phase, "q": q}
+    filters["since"] = _instant(since)
+    filters["until"] = _instant(until)
     if cursor is not None:
         try:
-            after = decode_cursor(cursor)
+            filters["after"] = decode_cursor(cursor)
         except ValueError as exc:
             raise BadParameter("cursor", str(exc)) from None
-    return _json(await read(reads.tasks_page, limit, status, after))
+    return _json(await read(reads.tasks_page, limit, filters))
+
+
+def _instant(when: datetime | None) -> str | None:
+    """An instant as the store writes them (UTC, milliseconds), so that it compares as text."""
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return format_ms(int(when.timestamp() * 1000) * 1_000_000)
 
 
 @router.get("/{task_id}/events", response_model=EventsPage, responses=ERRORS_TASK)
@@ -144,3 +174,62 @@ async def graph(
     started, and an edge parent -> child wherever both are nodes. `truncated` if the task has more than
     `limit` spans (the earliest are returned, so every edge still joins two nodes)."""
     return _json(await read.on_thread(reads.graph, task_id, limit))
+
+
+@router.get("/{task_id}/overview", response_model=Overview, responses=ERRORS_TASK)
+async def overview(
+    read: Reads,
+    task_id: TaskId,
+    events: Annotated[int, Query(ge=0, le=500, description="Latest events to include.")] = 100,
+    items: Annotated[int, Query(ge=0, le=500, description="Work items to include per stage.")] = 48,
+    checkpoints: Annotated[int, Query(ge=0, le=1000, description="Newest checkpoint events.")] = 200,
+) -> Response:
+    """What the UI's task page paints first, in one read: the task, its root spans, its stages (each
+    phase attempt with its work items' counts by state and its first `items` work items), its latest
+    events and its newest checkpoint events."""
+    return _json(await read(reads.overview, task_id, events, items, checkpoints))
+
+
+@router.get("/{task_id}/spans", response_model=SpansPage, responses=ERRORS_TASK)
+async def spans(
+    read: Reads,
+    task_id: TaskId,
+    parent: Annotated[
+        str | None, Query(min_length=1, max_length=128, description="Only this span's children.")
+    ] = None,
+    after_seq: Annotated[
+        int, Query(ge=0, le=MAX_SEQ, description="Spans that started after this seq (the cursor).")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Most spans to return.")] = 5_000,
+) -> Response:
+    """The task's spans in the order they started (all of them, or one span's children), each with its
+    state, extent and work item fields; page with `next_seq` as `after_seq` while `has_more`."""
+    return _json(await read.on_thread(reads.spans, task_id, parent, after_seq, limit))
+
+
+@router.get("/{task_id}/events/find", response_model=FoundPage, responses=ERRORS_TASK)
+async def find_events(
+    read: Reads,
+    task_id: TaskId,
+    q: Annotated[
+        str | None,
+        Query(min_length=1, max_length=200, description="Text in the event (type, spans, actor, payload)."),
+    ] = None,
+    event_type: Annotated[
+        list[str] | None, Query(max_length=30, description="Only these event types (repeat the parameter).")
+    ] = None,
+    failed: Annotated[
+        bool,
+        Query(
+            description="Only failures: failed work items, rejected checkpoints, recoveries, failed exits."
+        ),
+    ] = False,
+    before_seq: Annotated[
+        int | None, Query(ge=1, le=MAX_SEQ, description="Search events before this seq (default: all).")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Most events to return.")] = 100,
+) -> Response:
+    """Events of the task that match, newest first: the search of the UI's timeline, answered by the
+    server (a virtualized list cannot be searched with the browser's own find). Each request searches
+    at most 20,000 events before `before_seq`; go on from `scanned_to` while `has_more`."""
+    return _json(await read.on_thread(reads.find, task_id, q, event_type, failed, before_seq, limit))

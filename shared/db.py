@@ -4,6 +4,9 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
+import orjson
+
+from taskevents.event import exit_status
 from taskevents.schema import migrate
 
 BUSY_TIMEOUT_MS = 5000
@@ -49,4 +52,14 @@ def open_reader(path: Path) -> sqlite3.Connection:
     # instead of a read() into each connection's small private cache: a task's events are spread over
     # the file, so a graph of 5,000 spans touches ~5,000 pages (first-event lookups 11 ms -> 5 ms).
     conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
+    # The status a runner_exit's payload gives, for queries that look for failures (api/queries.py).
+    conn.create_function("te_exit_status", 1, _exit_status_of, deterministic=True)
     return conn
+
+
+def _exit_status_of(payload: str | None) -> str | None:
+    try:
+        value = orjson.loads(payload) if payload is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    return exit_status(value) if isinstance(value, dict) else None

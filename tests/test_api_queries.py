@@ -25,12 +25,19 @@ PLANS: dict[str, tuple[list[tuple[str, str]], bool]] = {
     "OPEN_SPANS": ([("s", "idx_spans_open")], False),
     # The spans of one task, sorted by first_seq before the join (the subquery is materialized).
     "GRAPH_NODES": ([("spans", PK), ("s", ""), ("e", "idx_task_events_task_seq")], True),
-    "TASKS": ([("tasks", "idx_tasks_last_at")], False),  # backwards, stopping at LIMIT: no sort
-    "TASKS_BY_STATUS": ([("tasks", "idx_tasks_last_at")], False),
-    "TASKS_BEFORE": ([("tasks", "idx_tasks_last_at")], False),
-    "TASKS_BY_STATUS_BEFORE": ([("tasks", "idx_tasks_last_at")], False),
     "LAST_COMMIT": ([("tasks", "idx_tasks_last_at")], False),
+    # A task's summary counts its failed spans by the partial index.
+    "TASKS_BY_ID": ([("tasks", PK), ("json_each", ""), ("f", "idx_spans_failed")], False),
+    "SPAN_CHILDREN": ([("s", "idx_spans_parent")], False),
+    "ROOT_SPANS": ([("s", "idx_spans_parent")], False),
+    "SPANS_ALL": ([("s", PK)], True),  # one task's spans, sorted by start: ~2 ms for 5,000
+    "STAGES": ([("s", PK)], True),
+    "CHILD_COUNTS": ([("spans", "idx_spans_parent")], True),  # grouped by parent and state
+    "CHECKPOINTS_NEWEST": ([("task_events", "idx_task_events_checkpoints")], False),
+    # A bounded window of the (task_id, seq) index, its matches sorted newest first.
+    "FIND": ([("task_events", "idx_task_events_task_seq"), ("w", ""), ("json_each", "")], True),
 }
+TASK_LIST = ([("tasks", "idx_tasks_last_at"), ("f", "idx_spans_failed")], False)  # backwards: no sort
 READ = re.compile(
     r"^(?:SCAN|SEARCH) (\w+)(?: USING (?:COVERING )?(?:INDEX (\w+)|(?:INTEGER )?(PRIMARY KEY)))?"
 )
@@ -53,6 +60,26 @@ def test_the_query_uses_its_index(tmp_path: Path, name: str) -> None:
     plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", [1] * sql.count("?"))]
     conn.close()
     assert reads_of(plan) == PLANS[name], plan
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"status": "failed"},
+        {"after": ("2026", "t")},
+        {"q": "x", "phase": "executing"},
+        {"since": "a", "until": "b"},
+        {"status": "s", "phase": "p", "q": "x", "since": "a", "until": "b", "after": ("a", "b")},
+    ],
+)
+def test_every_task_list_filter_walks_the_recency_index(tmp_path: Path, filters: dict[str, object]) -> None:
+    open_writer(tmp_path / "events.db").close()
+    conn = open_reader(tmp_path / "events.db")
+    sql, params = q.tasks_query(filters)
+    plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", [*params, 1])]
+    conn.close()
+    assert reads_of(plan) == TASK_LIST, plan
 
 
 def test_the_reading_of_a_plan_tells_an_index_from_a_full_scan() -> None:

@@ -65,6 +65,8 @@ def test_the_cursor_walks_every_task_once_most_recent_first(api_http: TestClient
         "status": "failed",
         "first_at": g["first_at"],
         "last_at": g["last_at"],
+        "exit_reason": "failed",  # its runner_exit said only its outcome
+        "failed_items": 0,
     }
 
 
