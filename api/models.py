@@ -144,6 +144,7 @@ class Overview(BaseModel):
     stages: list[Stage] = Field(description="The phase spans in the order they started.")
     events: list[Event] = Field(description="The latest events, ascending.")
     checkpoints: list[Event] = Field(description="The newest checkpoint events, ascending.")
+    links: list[Event] = Field(description="The newest `evidence_linked` events, ascending.")
 
 
 class SpansPage(BaseModel):

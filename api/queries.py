@@ -190,6 +190,12 @@ SELECT seq, {EVENT_JSON} FROM task_events INDEXED BY idx_task_events_checkpoints
 WHERE task_id = ? AND event_type IN ({_CHECKPOINT_TYPES_SQL}) ORDER BY seq DESC LIMIT ?
 """
 
+# The newest evidence links (evidence_linked: which evidence backs which checkpoint).
+LINKS_NEWEST: Final = f"""
+SELECT seq, {EVENT_JSON} FROM task_events INDEXED BY idx_task_events_links
+WHERE task_id = ? AND event_type = 'evidence_linked' ORDER BY seq DESC LIMIT ?
+"""
+
 # Finding events in a run (the timeline's filters and search): the task's events walked backwards from
 # a seq, at most FIND_SCAN of them per request, each checked against the filters. Costs ~1 µs per event
 # walked (20 ms for a full 20,000-event window): a filter that matches rarely is answered in windows,

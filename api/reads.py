@@ -155,7 +155,7 @@ def spans(conn: sqlite3.Connection, task_id: str, parent: str | None, after_seq:
 def overview(conn: sqlite3.Connection, task_id: str, events: int, items: int, checkpoints: int) -> bytes:
     """What a task page paints first, in one read: the task, its root spans, its stages (phase spans,
     each with its work items' counts by state and its first `items` work items), its latest `events`
-    events (ascending) and its newest `checkpoints` checkpoint events (ascending)."""
+    events (ascending), and its newest `checkpoints` checkpoint events and evidence links (ascending)."""
     task = conn.execute(f"SELECT {q.TASK_JSON} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
     if task is None:
         raise TaskNotFound(task_id)
@@ -174,10 +174,12 @@ def overview(conn: sqlite3.Connection, task_id: str, events: int, items: int, ch
     roots = ",".join(row[0] for row in conn.execute(q.ROOT_SPANS, (task_id,)))
     latest = conn.execute(q.EVENTS_NEWEST, (task_id, events)).fetchall()
     marks = conn.execute(q.CHECKPOINTS_NEWEST, (task_id, checkpoints)).fetchall()
+    links = conn.execute(q.LINKS_NEWEST, (task_id, checkpoints)).fetchall()
     return (
         f'{{"task":{task[0]},"roots":[{roots}],"stages":[{",".join(stages)}],'
         f'"events":[{",".join(row[1] for row in reversed(latest))}],'
-        f'"checkpoints":[{",".join(row[1] for row in reversed(marks))}]}}'
+        f'"checkpoints":[{",".join(row[1] for row in reversed(marks))}],'
+        f'"links":[{",".join(row[1] for row in reversed(links))}]}}'
     ).encode()
 
 

@@ -87,6 +87,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX idx_spans_parent ON spans (task_id, parent_span_id, first_seq);
     -- Failed spans of a task, counted for the task list.
     CREATE INDEX idx_spans_failed ON spans (task_id) WHERE state = 'failed';
+    -- Evidence linked to checkpoints, for the evidence drawer (a few events of a run).
+    CREATE INDEX idx_task_events_links ON task_events (task_id, seq) WHERE event_type = 'evidence_linked';
     -- Stores written before this version: what their first and last events say.
     UPDATE spans SET
         work_item_id = (SELECT json_extract(e.payload, '$.work_item_id') FROM task_events AS e

@@ -34,6 +34,7 @@ PLANS: dict[str, tuple[list[tuple[str, str]], bool]] = {
     "STAGES": ([("s", PK)], True),
     "CHILD_COUNTS": ([("spans", "idx_spans_parent")], True),  # grouped by parent and state
     "CHECKPOINTS_NEWEST": ([("task_events", "idx_task_events_checkpoints")], False),
+    "LINKS_NEWEST": ([("task_events", "idx_task_events_links")], False),
     # A bounded window of the (task_id, seq) index, its matches sorted newest first.
     "FIND": ([("task_events", "idx_task_events_task_seq"), ("w", ""), ("json_each", "")], True),
 }
