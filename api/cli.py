@@ -10,7 +10,22 @@ from taskevents.settings import Settings
 
 
 @click.command(
-    "api", epilog=env_help("db", "redis_url", "queue", "api_host", "api_port", "query_timeout", "log_level")
+    "api",
+    epilog=env_help(
+        "db",
+        "redis_url",
+        "queue",
+        "api_host",
+        "api_port",
+        "query_timeout",
+        "stream_buffer",
+        "stream_ping",
+        "stream_retry_ms",
+        "stream_send_timeout",
+        "stream_idle",
+        "stream_poll",
+        "log_level",
+    ),
 )
 @click.option("--host", help="Address to listen on (overrides TASKEVENTS_API_HOST).")
 @click.option(

@@ -37,7 +37,7 @@ from taskevents.api.models import (
     TaskStatus,
 )
 from taskevents.clock import format_ms
-from taskevents.event import Phase
+from taskevents.event import EventTypeName, Phase
 
 MAX_SEQ = 2**63 - 1  # SQLite's largest integer: a bigger since_seq is a 400, not an overflow
 
@@ -216,7 +216,8 @@ async def find_events(
         Query(min_length=1, max_length=200, description="Text in the event (type, spans, actor, payload)."),
     ] = None,
     event_type: Annotated[
-        list[str] | None, Query(max_length=30, description="Only these event types (repeat the parameter).")
+        list[EventTypeName] | None,
+        Query(max_length=30, description="Only these event types (repeat the parameter)."),
     ] = None,
     failed: Annotated[
         bool,

@@ -30,6 +30,7 @@ log = logging.getLogger("taskevents.cli")
         "queue",
         "batch_size",
         "max_payload_bytes",
+        "sqlite_synchronous",
         "max_attempts",
         "heartbeat_ttl",
         "log_level",
@@ -46,8 +47,10 @@ def ingest_command(settings: Settings, check: bool) -> None:
 
     One worker per queue and store is enforced: a second one started on the same queue waits as a hot
     standby and takes over when the first stops (at once after SIGTERM; within
-    TASKEVENTS_HEARTBEAT_TTL if it dies). SIGTERM or Ctrl-C: finish and commit the batch in hand,
-    then exit 0. A second signal exits at once; the batch in hand is taken up again at the next start.
+    TASKEVENTS_HEARTBEAT_TTL if it dies). SIGTERM or Ctrl-C: finish and commit the batch in hand (a
+    commit that keeps failing is given up after 10 s, its batch left for the next worker), give the
+    lease up, exit 0. A second signal exits at once; the batch in hand is taken up again at the next
+    start.
     """
     if check:
         sys.exit(_check(settings))

@@ -1,10 +1,11 @@
 """The single-writer lease: at most one worker consumes a queue and writes its store at a time.
 
-`<queue>:worker:lease` holds the active worker's token for `ttl` milliseconds. A worker takes it with
-`SET NX PX` and keeps it by refreshing it: every script of the WorkQueue that changes the queue (claim,
-acknowledge, heartbeat, isolate) first checks that the token is still its own and extends the TTL,
-and fails with LEASELOST otherwise. So a worker that lost its lease (paused past the TTL, cut off from
-Redis while another took over) can no longer claim, acknowledge or touch a processing slot.
+`<queue>:worker:lease` holds the active worker's token for `ttl` milliseconds. A worker takes it only
+when nobody holds it, and keeps it by refreshing it: every script of the WorkQueue that changes the
+queue (claim, acknowledge, heartbeat, put back) first checks that the token is still its own and
+extends the TTL, and fails with LEASELOST otherwise. So a worker that lost its lease (paused past the
+TTL, cut off from Redis while another took over) can no longer claim, acknowledge or touch a
+processing slot.
 
 Redis alone cannot stop a commit that was already on its way to the store, so the store fences too:
 a worker that takes the lease bumps the store's writer epoch before it reads anything, and every
@@ -14,14 +15,21 @@ or it is refused.
 
 While a worker holds the lease, a thread of its own renews it every third of its TTL, so a long
 commit or a slow batch never lets it lapse: it lapses when the process dies, freezes or loses Redis.
-(The heartbeat, written by the loop itself, is what says the loop is making progress.)
+(The heartbeat, written by the loop itself, is what says the loop is making progress.) Each holding
+is a `Term` with its own token: a renewal that comes back late from an earlier term can only end
+that term, never the current one.
 
-A worker restarted on the same host after a crash does not wait for its predecessor's lease to lapse:
-the token names the holder's host, PID namespace and pid, and a holder that is provably dead (same
-host and PID namespace, and no such process, or our own pid) is taken over at once.
+A worker restarted on the same machine need not wait for its predecessor's lease to lapse when the
+predecessor is provably gone: the token names the holder's host, boot (`/proc/sys/kernel/random/
+boot_id`: the same for every container of one kernel, different for every machine and reboot), PID
+namespace and pid, and a holder with our host, boot and PID namespace whose pid no longer runs is
+taken over at once. Any other holder is waited for until its lease lapses.
 
-Workers that find the lease held wait as hot standbys: they retry every POLL_SECONDS and record
+Workers that find the lease held wait as hot standbys: they retry every POLL seconds and record
 themselves in `<queue>:worker:standbys`, so readiness can show them.
+
+Redis out of memory: the scripts that take the lease write first with a DEL, which adds no memory,
+so a worker restarted on a full Redis takes the lease and drains it.
 """
 
 import logging
@@ -30,6 +38,7 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 
 import redis
 
@@ -58,13 +67,17 @@ end
 redis.call('PEXPIRE', lease, ARGV[2])  -- a write that adds no memory: the script may then write at OOM
 """
 
-# Replace a dead holder's token with ours. KEYS: lease. ARGV: the dead token, ours, ttl (ms).
-_SUCCEED = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
+# Take the lease if nobody holds it (`expected` ''), or replace the token `expected` (a dead holder's).
+# The DEL first is a write that frees memory: a SET alone is refused at OOM. KEYS: lease.
+# ARGV: expected, token, ttl (ms).
+_ACQUIRE = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then
+  return 0
 end
-return 0
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 """
 
 _RELEASE = """
@@ -95,7 +108,12 @@ def is_lease_lost(exc: redis.ResponseError) -> bool:
     return str(exc).startswith(LEASE_LOST)
 
 
-_held_here: set[str] = set()  # tokens held by the Lease objects of this process
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip().replace("-", "")[:12] or "-"
+    except OSError:
+        return "-"
 
 
 def _pid_namespace() -> str:
@@ -105,72 +123,95 @@ def _pid_namespace() -> str:
         return "-"  # no /proc: pids cannot be compared, never taken for dead
 
 
-def _is_dead_here(token: str, host: str, pidns: str) -> bool:
-    """True if `token`'s holder ran in this host's PID namespace and is no longer running."""
-    parts = token.rsplit(":", 3)
-    if len(parts) != 4 or parts[0] != host or parts[1] != pidns or pidns == "-" or not parts[2].isdigit():
-        return False
-    pid = int(parts[2])
-    if pid == os.getpid():
-        # We are that pid now: unless another worker of this process holds it, its holder was an
-        # earlier process (a container's PID 1, restarted).
-        return token not in _held_here
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # it exists (another user's): alive
-    return False
+@dataclass(slots=True)
+class Term:
+    """One holding of the lease: its token, and the event that ends its renewing thread."""
+
+    token: str
+    ended: threading.Event = field(default_factory=threading.Event)
 
 
 class Lease:
     """This worker's claim to be the one consumer of `keys.queue`."""
 
+    _held_here: set[str] = set()  # tokens held by the Lease objects of this process
+
     def __init__(self, client: redis.Redis, keys: QueueKeys, ttl_ms: int) -> None:
         self._redis = client
         self.keys = keys
         self.ttl_ms = ttl_ms
-        # Host, PID namespace and pid name the holder (logs, and a restart's takeover of a dead one);
-        # the token adds a part that is new for every term.
-        self._host, self._pidns = socket.gethostname(), _pid_namespace()
-        self.identity = f"{self._host}:{self._pidns}:{os.getpid()}"
-        self.token = ""
-        self.held = False
-        self._released = threading.Event()
+        # Host, boot, PID namespace and pid name the holder (logs, and the takeover of a dead one on
+        # this machine); the token adds a part that is new for every term.
+        self._here = (socket.gethostname(), _read("/proc/sys/kernel/random/boot_id"), _pid_namespace())
+        self.identity = ":".join((*self._here, str(os.getpid())))
+        self._term: Term | None = None
+        self._lock = threading.Lock()  # the main thread and the renewing thread both end terms
+        self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(_RELEASE)
-        self._succeed = client.register_script(_SUCCEED)
         self._standby = client.register_script(_STANDBY)
 
-    def try_acquire(self) -> bool:
-        """Take the lease if nobody holds it. Raises redis.RedisError if Redis cannot be asked."""
-        self.token = f"{self.identity}:{uuid.uuid4().hex[:12]}"
-        self.held = bool(self._redis.set(self.keys.lease, self.token, nx=True, px=self.ttl_ms))
-        if not self.held:
-            holder = self.holder()
-            if holder is not None and _is_dead_here(holder, self._host, self._pidns):
-                self.held = bool(
-                    self._succeed(keys=[self.keys.lease], args=[holder, self.token, self.ttl_ms])
-                )
-                if self.held:
-                    log.warning("the lease holder %s is no longer running on this host: taking over", holder)
-        if self.held:
-            _held_here.add(self.token)
-            self._released = threading.Event()
-            threading.Thread(
-                target=self._keep, args=(self.token, self._released), name="taskevents-lease", daemon=True
-            ).start()
-        return self.held
+    @property
+    def held(self) -> bool:
+        return self._term is not None
 
-    def _keep(self, token: str, released: threading.Event) -> None:
-        """Renew the lease every third of its TTL until it is released or lost."""
+    @property
+    def term(self) -> Term | None:
+        return self._term
+
+    @property
+    def token(self) -> str:
+        """The current term's token ('' while the lease is not held: it matches no holder)."""
+        term = self._term
+        return term.token if term is not None else ""
+
+    def try_acquire(self) -> bool:
+        """Take the lease if nobody holds it, or if its holder is provably dead on this machine.
+        Raises redis.RedisError if Redis cannot be asked."""
+        if self._term is not None:
+            return True
+        token = f"{self.identity}:{uuid.uuid4().hex[:12]}"
+        taken = bool(self._acquire(keys=[self.keys.lease], args=["", token, self.ttl_ms]))
+        if not taken:
+            holder = self.holder()
+            if holder is not None and self._is_dead_here(holder):
+                taken = bool(self._acquire(keys=[self.keys.lease], args=[holder, token, self.ttl_ms]))
+                if taken:
+                    log.warning(
+                        "the lease holder %s is no longer running on this machine: taking over", holder
+                    )
+        if taken:
+            term = Term(token)
+            with self._lock:
+                self._term = term
+                Lease._held_here.add(token)
+            threading.Thread(target=self._keep, args=(term,), name="taskevents-lease", daemon=True).start()
+        return taken
+
+    def _is_dead_here(self, token: str) -> bool:
+        """True if `token`'s holder ran on this machine, in this PID namespace, and runs no more."""
+        parts = token.rsplit(":", 4)  # host, boot, PID namespace, pid, term
+        if len(parts) != 5 or tuple(parts[:3]) != self._here or "-" in self._here or not parts[3].isdigit():
+            return False
+        pid = int(parts[3])
+        if pid == os.getpid():
+            # We are that pid now: unless a worker of this process holds it, its holder was an earlier
+            # process that had our pid.
+            return token not in Lease._held_here
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # it exists (another user's): alive
+        return False
+
+    def _keep(self, term: Term) -> None:
+        """Renew the lease every third of its TTL until this term ends."""
         unreachable = False
-        while not released.wait(self.ttl_ms / 3000):
-            if not self.held or self.token != token:
-                return
+        while not term.ended.wait(self.ttl_ms / 3000):
             try:
-                self.renew()
+                self.renew(term)
                 unreachable = False
             except LeaseLost as exc:
                 log.error("the lease on %s was lost (%s)", self.keys.queue, exc)
@@ -180,33 +221,44 @@ class Lease:
                     log.warning("cannot renew the lease (%s); it lapses in %.1fs", exc, self.ttl_ms / 1000)
                 unreachable = True
 
-    def renew(self) -> None:
-        """Extend the lease; LeaseLost if it is not ours any more."""
+    def renew(self, term: Term | None = None) -> None:
+        """Extend the lease of `term` (default: the current one); LeaseLost if it is not ours any more."""
+        term = term or self._term
+        if term is None:
+            raise LeaseLost("the lease is not held")
         try:
-            self._renew(keys=[self.keys.lease], args=[self.token, self.ttl_ms])
+            self._renew(keys=[self.keys.lease], args=[term.token, self.ttl_ms])
         except redis.ResponseError as exc:
             if is_lease_lost(exc):
-                raise self.lost() from None
+                raise self.lost(term) from None
             raise
 
-    def lost(self) -> LeaseLost:
-        """Note that the lease is gone (a fenced script said so); the error to raise, saying who has it."""
-        self._stop_keeping()
-        self.held = False
+    def lost(self, term: Term | None = None) -> LeaseLost:
+        """Note that `term` (default: the current one) is over because a fenced script said so; the
+        error to raise, saying who has the lease now. A term that has already ended changes nothing."""
+        self._end(term or self._term)
         return LeaseLost(self.describe_holder())
 
-    def _stop_keeping(self) -> None:
-        self._released.set()
-        _held_here.discard(self.token)
+    def _end(self, term: Term | None) -> bool:
+        """End `term` if it is the current one; True if it was."""
+        if term is None:
+            return False
+        term.ended.set()
+        with self._lock:
+            Lease._held_here.discard(term.token)
+            if self._term is not term:
+                return False
+            self._term = None
+            return True
 
     def release(self) -> None:
         """Give the lease up (a warm stop), so a standby takes over at once. Best effort."""
-        self._stop_keeping()
-        if not self.held:
+        term = self._term
+        if not self._end(term):
             return
-        self.held = False
+        assert term is not None
         try:
-            self._release(keys=[self.keys.lease], args=[self.token])
+            self._release(keys=[self.keys.lease], args=[term.token])
         except redis.RedisError as exc:
             log.warning("could not release the lease (%s); it lapses in %.1fs", exc, self.ttl_ms / 1000)
 
@@ -219,7 +271,9 @@ class Lease:
             holder = self.holder()
         except redis.RedisError:
             return "Redis unreachable"
-        return f"held by {holder}" if holder else "lapsed"
+        if holder is None:
+            return "lapsed"
+        return "held by this worker" if holder == self.token else f"held by {holder}"
 
     def announce_standby(self) -> None:
         """Say that this worker waits for the lease (for readiness); the entry lapses with the TTL."""

@@ -18,8 +18,9 @@ from taskevents.ingest.writer import CommitResult, DeadMark
 
 log = logging.getLogger("taskevents.worker")
 
-# ack(slot, what the batch did, its dead-letter entries, how many suspect events it settled)
-Acknowledge = Callable[[int, CommitResult, list[bytes], int], None]
+# ack(slot, the batch id the slot holds (None: none recorded), what the batch did, its dead-letter
+# entries, how many suspect events it settled)
+Acknowledge = Callable[[int, int | None, CommitResult, list[bytes], int], None]
 
 
 def settle(
@@ -38,13 +39,16 @@ def settle(
         log.warning("%d events in flight were not committed: processing them again (they have crashed "
                     "the worker %d of the %d times allowed)", count, attempts, max_attempts)  # fmt: skip
     elif count == 1:  # it alone was in flight each time the worker died
-        _dead_letter(next(x for x in uncommitted if x.items), following, suspect=suspect, ack=ack)
+        _dead_letter(uncommitted[0], following, suspect=suspect, ack=ack)
     else:
-        # Batch order: a slot without a batch id (left by an older worker) holds the next batch.
-        order = sorted(uncommitted, key=lambda x: following if x.batch_id is None else x.batch_id)
-        moved = queue.isolate([x.slot for x in order])
+        moved = queue.isolate([x.slot for x in batch_order(uncommitted, following)])
         log.error("%d events crashed the worker %d times: retrying them one at a time to find why",
                   moved, attempts)  # fmt: skip
+
+
+def batch_order(in_flight: Sequence[InFlight], following: int) -> list[InFlight]:
+    """In batch order; a slot without a batch id (left by an older worker) holds the next batch."""
+    return sorted(in_flight, key=lambda x: following if x.batch_id is None else x.batch_id)
 
 
 def _dead_letter(left: InFlight, following: int, *, suspect: bool, ack: Acknowledge) -> None:
@@ -54,4 +58,4 @@ def _dead_letter(left: InFlight, following: int, *, suspect: bool, ack: Acknowle
               left.attempts, left.items[0][:200])  # fmt: skip
     reason = f"crashed the worker {left.attempts} times (TASKEVENTS_MAX_ATTEMPTS)"
     result = CommitResult(batch_id, dead=[DeadMark(0, "poison", reason)], dead_at=utc_now_ms())
-    ack(left.slot, result, dead_letters(left.items, result), int(suspect))
+    ack(left.slot, left.batch_id, result, dead_letters(left.items, result), int(suspect))

@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import redis
 
-from taskevents.ingest.lease import FENCE, Lease, is_lease_lost
+from taskevents.ingest.lease import FENCE, Lease, LeaseLost, is_lease_lost
 from taskevents.keys import SLOTS, QueueKeys
 
 # Every script below that changes the queue starts with FENCE (ingest/lease.py): it runs only for the
@@ -63,28 +63,34 @@ return redis.call('LRANGE', KEYS[2], 0, -1)
 """
 )
 
-# Finish a batch: clear its slot, then dead letters, counters, suspects, heartbeat, notification.
+# Finish a batch: clear its slot, then dead letters, counters, suspects, heartbeat, notification. Only
+# if the slot still holds that batch: an acknowledgement retried after its reply was lost does nothing
+# the second time (no counter, dead letter or notification twice).
 # KEYS: processing, its batch id, its attempts, dead, stats, heartbeat, suspects, lease.
-# ARGV: token, ttl (ms; the heartbeat's too), heartbeat, channel, notification ('' for none), suspects
-# done, counter count, then counter names and values, then dead-letter entries.
+# ARGV: token, ttl (ms; the heartbeat's too), the batch id ('' to skip the check), heartbeat, channel,
+# notification ('' for none), suspects done, counter count, then counter names and values, then
+# dead-letter entries.
 _ACK = (
     FENCE
     + """
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return 0
+end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-local at = 8
-for _ = 1, tonumber(ARGV[7]) do
+local at = 9
+for _ = 1, tonumber(ARGV[8]) do
   redis.call('HINCRBY', KEYS[5], ARGV[at], ARGV[at + 1])
   at = at + 2
 end
 for i = at, #ARGV, 1000 do
   redis.call('RPUSH', KEYS[4], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
-if tonumber(ARGV[6]) > 0 and redis.call('DECRBY', KEYS[7], ARGV[6]) <= 0 then
+if tonumber(ARGV[7]) > 0 and redis.call('DECRBY', KEYS[7], ARGV[7]) <= 0 then
   redis.call('DEL', KEYS[7])
 end
-redis.call('SET', KEYS[6], ARGV[3], 'PX', ARGV[2])
-if ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('SET', KEYS[6], ARGV[4], 'PX', ARGV[2])
+if ARGV[6] ~= '' then
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
 end
 return 1
 """
@@ -194,11 +200,14 @@ class WorkQueue:
 
         def run(keys: list[str], args: list[Any]) -> Any:
             lease = self.lease
+            term = lease.term
+            if term is None:
+                raise LeaseLost("the lease is not held")
             try:
-                return script(keys=[*keys, self.keys.lease], args=[lease.token, lease.ttl_ms, *args])
+                return script(keys=[*keys, self.keys.lease], args=[term.token, lease.ttl_ms, *args])
             except redis.ResponseError as exc:
                 if is_lease_lost(exc):
-                    raise lease.lost() from None
+                    raise lease.lost(term) from None
                 raise
 
         return run
@@ -246,15 +255,10 @@ class WorkQueue:
             )
         ]
 
-    def in_flight_count(self) -> int:
-        pipe = self._redis.pipeline(transaction=False)
-        for key in self.keys.processing_keys:
-            pipe.llen(key)
-        return sum(pipe.execute())
-
     def ack(
         self,
         slot: int,
+        batch_id: int | None,
         *,
         dead: Sequence[bytes] = (),
         counters: Mapping[str, int] | None = None,
@@ -262,9 +266,10 @@ class WorkQueue:
         announce: bytes | None = None,
         suspects_done: int = 0,
     ) -> None:
-        """Finish the batch in `slot` in one script: clear the slot, dead letters, counters, suspects,
-        heartbeat, notification (an encoded CommitNotice). `suspects_done`: how many suspect events
-        (see `isolate`) it settled."""
+        """Finish batch `batch_id` in `slot` in one script: clear the slot, dead letters, counters,
+        suspects, heartbeat, notification (an encoded CommitNotice); nothing if the slot no longer holds
+        that batch (None: a slot an older worker left without a batch id). `suspects_done`: how many
+        suspect events (see `isolate`) it settled."""
         k = self.keys
         counted = [(name, value) for name, value in (counters or {}).items() if value]
         self._ack(
@@ -278,6 +283,7 @@ class WorkQueue:
                 k.suspects,
             ],
             [
+                "" if batch_id is None else batch_id,
                 heartbeat,
                 k.commits,
                 announce or b"",
@@ -319,6 +325,3 @@ class WorkQueue:
     def beat(self, heartbeat: bytes) -> None:
         """Refresh the heartbeat and the lease."""
         self._beat([self.keys.heartbeat], [heartbeat])
-
-    def depth(self) -> int:
-        return int(self._redis.llen(self.keys.queue))

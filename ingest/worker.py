@@ -1,21 +1,27 @@
 """The one consumer: drains the Redis list in batches and commits them to the store.
 
 A worker first takes the queue's lease (ingest/lease.py); while another worker holds it, it waits as a
-hot standby and takes over when the lease lapses (at once after a warm stop, within
-TASKEVENTS_HEARTBEAT_TTL after a crash). Holding it, it takes the store over (bumping its writer
-epoch, which fences out any earlier writer), finishes what was left in flight (ingest/recovery.py),
-then loops: claim a batch (atomically moved to a processing slot) -> decode and validate -> commit to
-SQLite (seq, dedup, summaries, batch id and record; one transaction) -> acknowledge in Redis (dead
-letters, counters, heartbeat, notification, clear the slot; one script). A crash anywhere in between
-is repaired by the next worker's recovery, so nothing popped is lost or stored twice.
+hot standby and takes over when the lease is free (at once after a warm stop, within
+TASKEVENTS_HEARTBEAT_TTL after a crash elsewhere). Holding it, it opens the store (only then: a standby
+touches neither the file nor its schema), takes it over (bumping its writer epoch, which fences out any
+earlier writer), finishes what was left in flight (ingest/recovery.py), then loops: claim a batch
+(atomically moved to a processing slot) -> decode and validate -> commit to SQLite (seq, dedup,
+summaries, batch id and record; one transaction) -> acknowledge in Redis (dead letters, counters,
+heartbeat, notification, clear the slot; one script). A crash anywhere in between is repaired by the
+next worker's recovery, so nothing popped is lost or stored twice.
 
 Failures are told apart by whose they are:
 - Redis or the store unavailable, locked or full: retried with backoff in place, events stay in Redis.
-- The store broken (corrupt, a constraint it should never meet, a schema this code does not know): a
-  store fault. Consuming stops, the heartbeat, /api/ready and the log say why, and every few seconds
-  the worker reopens the store and tries again; no event is blamed, none is dead-lettered.
+- The store broken (corrupt, read-only, a table missing, a constraint it should never meet, a schema
+  this code does not know, the file replaced under the worker): a store fault. Consuming stops, the
+  heartbeat, /api/ready and the log say why, and every few seconds the worker reopens the store and
+  tries again; no event is blamed, none is dead-lettered.
 - The worker crashing on a batch, every time: a poison pill (ingest/poison.py).
-- The lease lost: the worker stops writing at once and stands by again.
+- The lease lost, or the store taken over by another writer: the worker claims nothing more, lets the
+  batch being committed finish or be refused by the store's fence, and stands by again.
+
+A warm stop (SIGTERM) finishes the batches in hand; a commit that keeps failing is given up after
+STOP_GRACE seconds, its batch left in its slot for the next worker, which does not count it as a crash.
 """
 
 import gc
@@ -34,14 +40,7 @@ from types import FrameType, TracebackType
 from typing import TypeVar
 
 import redis
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_never,
-    stop_when_event_set,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from taskevents.db import open_writer
 from taskevents.event import max_element_bytes
@@ -49,7 +48,7 @@ from taskevents.ingest.batch import dead_letters, decode_batch
 from taskevents.ingest.lease import Lease, LeaseHeld, LeaseLost
 from taskevents.ingest.queue import Claim, WorkQueue
 from taskevents.ingest.recovery import recover
-from taskevents.ingest.writer import CommitResult, DeadMark, Decoded, StoreWriter
+from taskevents.ingest.writer import CommitResult, DeadMark, Decoded, StoreFenced, StoreWriter
 from taskevents.keys import QueueKeys
 from taskevents.messages import CommitNotice, Heartbeat, WorkerStats
 from taskevents.schema import SchemaError
@@ -59,27 +58,48 @@ log = logging.getLogger("taskevents.worker")
 
 T = TypeVar("T")
 
-# Worth waiting out: Redis or SQLite unavailable, locked or full (OOM: the worker frees memory).
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError, sqlite3.OperationalError)
 WAIT_SECONDS = 0.5  # longest block on an empty queue: bounds how late a warm stop or a heartbeat is
 STANDBY_POLL = 0.5  # how often a standby tries to take the lease
 FAULT_BACKOFF = (0.5, 5.0)  # seconds between attempts to reopen a broken store: first, most
+STOP_GRACE = 10.0  # seconds a failing commit is still retried after a warm stop
 FULL_GC_SECONDS = 60.0  # how often the loop runs a full cyclic garbage collection
+# SQLite errors that retrying the same connection cannot mend: store faults, not transient ones.
+PERMANENT = ("readonly database", "no such table", "no such column", "malformed")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Worth waiting out: Redis or SQLite unavailable, locked or full (OOM: the worker frees memory),
+    Redis unable to persist (MISCONF) or a replica for now (READONLY, after a failover)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return not any(words in str(exc) for words in PERMANENT)
+    if isinstance(
+        exc, redis.ConnectionError | redis.TimeoutError | redis.OutOfMemoryError | redis.ReadOnlyError
+    ):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(("MISCONF", "LOADING"))
 
 
 class StoreFault(Exception):
     """The store is broken, not busy: an error of the store's, not of an event's."""
 
 
+class NewerSchema(StoreFault):
+    """The store's schema is newer than this worker's: a newer worker can write it, this one cannot."""
+
+
 @contextmanager
 def _store_faults() -> Iterator[None]:
-    """Turn the store's own errors into StoreFault; OperationalError (locked, full, I/O) stays
-    retryable in place."""
+    """Turn the store's own errors into StoreFault; a transient OperationalError (locked, full, I/O)
+    stays retryable in place."""
     try:
         yield
-    except sqlite3.OperationalError:
-        raise
-    except (sqlite3.DatabaseError, SchemaError) as exc:  # corrupt, not a database, constraint, schema
+    except sqlite3.OperationalError as exc:
+        if unavailable(exc):
+            raise
+        raise StoreFault(f"OperationalError: {exc}") from exc
+    except SchemaError as exc:
+        raise NewerSchema(f"SchemaError: {exc}") from exc
+    except sqlite3.DatabaseError as exc:  # corrupt, not a database, a constraint
         raise StoreFault(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -122,8 +142,17 @@ def _log_retry(state: RetryCallState) -> None:
                 getattr(call, "__qualname__", call), type(exc).__name__, exc, wait)  # fmt: skip
 
 
+def _file_id(path: os.PathLike[str] | str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Worker:
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        """Builds nothing but the Redis client: the store is opened when this worker holds the lease."""
         self.settings = settings
         self._own_client = client is None
         self._redis = client or redis.Redis.from_url(
@@ -137,30 +166,30 @@ class Worker:
         self.queue = WorkQueue(self._redis, keys, self.lease)
         self._keep = max_element_bytes(settings.max_payload_bytes)
         self._stop = threading.Event()
+        self._stop_at = 0.0
         self._signals = 0
         self._last_beat = 0.0
         self._store_error: str | None = None  # why the store cannot be written, while it cannot
         self._redis_full = False  # an idle wait was refused for want of memory
         self._claimed: set[int] = set()  # slots claimed in this term and not yet acknowledged
         self.totals = WorkerStats()  # since this worker started
-        self._retry_until_stop = self._retrying(stop_on_warm=True)
-        self._retry_until_cold = self._retrying(stop_on_warm=False)
-        # Opened now, so that building a worker creates the store; a broken store is reported by run().
+        self._retry_until_stop = self._retrying(self._stopped, self._pause)
+        self._retry_commit = self._retrying(self._stopped_long_ago, _sleep_briefly)
+        self._hold_off_until = 0.0  # after stepping aside for a newer standby: let it take the lease
         self._writer: StoreWriter | None = None
-        try:
-            self._open_store()
-        except StoreFault as exc:
-            self._store_error = str(exc)
-            log.error("cannot open the store %s: %s", settings.db, exc)
+        self._writer_file: tuple[int, int] | None = None  # the file it has open (st_dev, st_ino)
+
+    # --- the store -------------------------------------------------------------------------------
 
     @property
     def writer(self) -> StoreWriter:
-        """The store's writer, (re)opened on demand. Raises StoreFault if the store is broken."""
-        return self._writer or self._open_store()
-
-    def _open_store(self) -> StoreWriter:
-        with _store_faults():
-            self._writer = StoreWriter(open_writer(self.settings.db, self.settings.sqlite_synchronous))
+        """The store's writer, opened on demand (again if the file at TASKEVENTS_DB is not the one it
+        has open). Raises StoreFault if the store is broken."""
+        if self._writer is None or _file_id(self.settings.db) != self._writer_file:
+            self._close_store()
+            with _store_faults():
+                self._writer = StoreWriter(open_writer(self.settings.db, self.settings.sqlite_synchronous))
+            self._writer_file = _file_id(self.settings.db)
         return self._writer
 
     def _close_store(self) -> None:
@@ -175,6 +204,7 @@ class Worker:
 
     def request_stop(self) -> None:
         """Warm stop: finish and commit the batches in hand, give the lease up, return from `run`."""
+        self._stop_at = time.monotonic()
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -195,15 +225,24 @@ class Worker:
 
     def run(self) -> None:
         """Stand by until the lease is free, then consume until a warm stop; stand by again if the
-        lease is lost."""
+        lease is lost or the store taken over by another writer."""
         log.info("worker %s for %s into %s", self.lease.identity, self.settings.queue, self.settings.db)
         try:
             while self._stand_by():
                 try:
                     self._term(until_empty=False)
+                except StoreFenced as exc:
+                    # We held the queue's lease, yet another writer took the store over: a worker of
+                    # another queue or Redis pointed at the same file. Let go, so a standby can try.
+                    log.error("%s while this worker held the lease on %s: is another queue or Redis "
+                              "writing to %s? Standing by",
+                              exc, self.settings.queue, self.settings.db)  # fmt: skip
+                    self._end_term(forgive=True)
                 except LeaseLost as exc:
                     log.error("no longer the writer of %s (%s): standing by", self.settings.queue, exc)
-                    self._claimed.clear()
+                    self._end_term(forgive=False)
+                else:  # a warm stop: what it leaves in flight did not crash it
+                    self._end_term(forgive=True)
         finally:
             self.close()
         log.info("worker stopped after %s", self.totals.model_dump())
@@ -218,14 +257,15 @@ class Worker:
 
     def take_over(self) -> None:
         """Become the writer now, without waiting: the lease (LeaseHeld if another worker has it), the
-        store, and what was left in flight. `step` and `drain` do it when needed."""
+        store, and what was left in flight. `step` does it when needed."""
         self._acquire()
-        self._retry(self._take_over_store)
-        self._retry(self.recover)
+        self._begin_term()
 
     def close(self) -> None:
-        """Give the lease up (a standby takes over at once) and close the store and Redis client."""
-        self.lease.release()
+        """Give the lease up (a standby takes over at once) and close the store and Redis client.
+
+        What is still in flight stays counted: after an exception, its batch may be what caused it."""
+        self._end_term(forgive=False)
         self.lease.withdraw_standby()
         self._close_store()
         if self._own_client:
@@ -247,8 +287,11 @@ class Worker:
 
     def _stand_by(self) -> bool:
         """Wait for the lease; True once this worker holds it, False after a warm stop."""
-        waiting = unreachable = False
+        waiting, failing = False, ""
         while not self._stop.is_set():
+            if time.monotonic() < self._hold_off_until:
+                self._stop.wait(STANDBY_POLL)
+                continue
             try:
                 if self.lease.try_acquire():
                     self.lease.withdraw_standby()
@@ -258,14 +301,26 @@ class Worker:
                 self.lease.announce_standby()
                 if not waiting:
                     log.warning("another worker consumes %s (%s): standing by to take over when its lease "
-                                "lapses", self.settings.queue, self.lease.describe_holder())  # fmt: skip
-                waiting, unreachable = True, False
+                                "is free", self.settings.queue, self.lease.describe_holder())  # fmt: skip
+                waiting, failing = True, ""
             except redis.RedisError as exc:
-                if not unreachable:
-                    log.warning("cannot reach Redis to take the lease (%s); retrying", exc)
-                unreachable = True
+                if str(exc) != failing:
+                    log.warning("cannot take the lease on %s (%s: %s); retrying",
+                                self.settings.queue, type(exc).__name__, exc)  # fmt: skip
+                failing = str(exc)
             self._stop.wait(min(STANDBY_POLL, self.settings.heartbeat_ttl / 4))
         return False
+
+    def _end_term(self, *, forgive: bool) -> None:
+        """Let the lease go; with `forgive`, take back the attempts this term counted but did not
+        finish (a warm stop, a store taken over: the batches it leaves in their slots did not crash it)."""
+        if forgive and self.lease.held and self._claimed:
+            try:
+                self.queue.forgive(sorted(self._claimed))
+            except (redis.RedisError, LeaseLost):
+                pass  # counted: at worst, one attempt of max_attempts
+        self._claimed.clear()
+        self.lease.release()
 
     # --- a term: the lease held ------------------------------------------------------------------
 
@@ -275,29 +330,38 @@ class Worker:
         while not self._stop.is_set():
             try:
                 try:
-                    self._retry(self._take_over_store)
-                    self._retry(self.recover)
-                    self._process_suspects()
+                    self._begin_term()
                     self._loop(until_empty=until_empty)
                     return
                 except (redis.RedisError, sqlite3.OperationalError):
                     if not self._stop.is_set():
                         raise
-                    log.warning(
-                        "stopped while Redis or the store was unavailable; in-flight events stay in Redis"
-                    )
+                    log.warning("stopped while Redis or the store was unavailable: the batches in hand "
+                                "stay in Redis for the next worker")  # fmt: skip
                     return
             except StoreFault as exc:
                 if until_empty:
                     raise
+                if isinstance(exc, NewerSchema) and self._retry(self._standbys_waiting):
+                    # A standby may be the newer worker (a rolling upgrade): let it have the store.
+                    self._hold_off_until = time.monotonic() + 3 * self.settings.heartbeat_ttl
+                    raise LeaseLost(f"stepping aside for a standby: {exc}") from exc
                 self._wait_out_store_fault(exc, backoff)
                 backoff = min(backoff * 2, FAULT_BACKOFF[1])
 
-    def _take_over_store(self) -> None:
+    def _standbys_waiting(self) -> bool:
+        return bool(self._redis.zcount(self.queue.keys.standbys, int(time.time() * 1000), "+inf"))
+
+    def _begin_term(self) -> None:
+        """Take the store over (it is ours only while the lease is: check that first), finish what was
+        left in flight, and the suspects one at a time."""
+        self._retry(self.lease.renew)
         with _store_faults():
-            epoch = self.writer.take_over()
+            epoch = self._retry(lambda: self.writer.take_over())
         self._claimed.clear()
         log.debug("took the store %s over (writer epoch %d)", self.settings.db, epoch)
+        self._retry(self.recover)
+        self._process_suspects()
 
     def recover(self) -> None:
         """Finish what was left in the processing slots (ingest/recovery.py)."""
@@ -315,8 +379,7 @@ class Worker:
         self._close_store()  # reopened by the next try: the file may have been replaced (a restore)
         deadline = time.monotonic() + delay
         while not self._stop.is_set():
-            self._retry(lambda: self.queue.beat(self._heartbeat()))
-            self._last_beat = time.monotonic()
+            self._beat(retry=True)
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -359,8 +422,8 @@ class Worker:
                 self._finish(pending)
                 pending = None
             except BaseException as exc:
-                # The writer thread is waited for by the executor's exit; what it raised besides this
-                # error is only logged (the lease lost, or the store broken, ends both the same way).
+                # The executor's exit waits for the writer thread (its commit lands, or the store's
+                # fence refuses it); what it raised besides this error is only logged.
                 if pending is not None:
                     pending.add_done_callback(partial(_log_failure, exc))
                 raise
@@ -376,10 +439,7 @@ class Worker:
                 pending.result(timeout=self.settings.heartbeat_ttl / 3)
                 return
             except TimeoutError:
-                try:
-                    self.queue.beat(self._heartbeat())
-                except redis.RedisError:
-                    pass  # Redis is down too: the writer's retries wait for it
+                self._beat()
 
     def _claim(self, size: int, batch_id: int) -> Claim | None:
         claim = self.queue.claim(size, batch_id)
@@ -425,13 +485,15 @@ class Worker:
         return True
 
     def _store(self, claim: Claim, good: list[Decoded], dead: list[DeadMark], suspects: int = 0) -> None:
-        result = self._retry(partial(self._commit, claim.batch_id, good, dead), cold_only=True)
+        result = self._retry_commit(partial(self._commit, claim.batch_id, good, dead))
         entries = dead_letters(claim.items, result)
-        self._retry(partial(self._ack, claim.slot, result, entries, suspects))
+        self._retry(partial(self._ack, claim.slot, claim.batch_id, result, entries, suspects))
 
     def _commit(self, batch_id: int, good: list[Decoded], dead: list[DeadMark]) -> CommitResult:
         """One commit attempt; while they fail, the heartbeat says why (`store_error`)."""
         try:
+            if _file_id(self.settings.db) != self._writer_file:
+                raise StoreFault(f"the store file {self.settings.db} was replaced or removed")
             with _store_faults():
                 result = self.writer.commit(batch_id, good, dead, keep=self._keep)
         except sqlite3.OperationalError as exc:  # locked, disk full, I/O error: retried by the caller
@@ -439,23 +501,28 @@ class Worker:
                 log.error("cannot commit batch %s to %s (%s): its events stay in Redis; retrying",
                           batch_id, self.settings.db, exc)  # fmt: skip
             self._store_error = str(exc)
-            try:
-                self.queue.beat(self._heartbeat())
-            except redis.RedisError:
-                pass  # the report is best effort; the retry is not
+            self._beat()
             raise
         if self._store_error is not None:
             log.warning("batch %s committed: the store takes writes again", batch_id)
             self._store_error = None
         return result
 
-    def _ack(self, slot: int, result: CommitResult, dead: list[bytes], suspects_done: int = 0) -> None:
+    def _ack(
+        self,
+        slot: int,
+        batch_id: int | None,
+        result: CommitResult,
+        dead: list[bytes],
+        suspects_done: int = 0,
+    ) -> None:
         counted = WorkerStats(
             ingested=result.stored, duplicates=result.duplicates, dead_lettered=len(dead), batches=1
         )
         totals = self.totals + counted
         self.queue.ack(
             slot,
+            batch_id,
             dead=dead,
             counters=counted.increments(),
             heartbeat=self._heartbeat(totals),
@@ -468,6 +535,8 @@ class Worker:
         if dead:
             log.warning("batch %s: %d events dead-lettered", result.batch_id, len(dead))
 
+    # --- the heartbeat ---------------------------------------------------------------------------
+
     def _heartbeat(self, totals: WorkerStats | None = None) -> bytes:
         counters = (totals or self.totals).model_dump()
         return Heartbeat(
@@ -478,31 +547,52 @@ class Worker:
             **counters,
         ).encode()
 
+    def _beat(self, *, retry: bool = False) -> None:
+        """Refresh the heartbeat (and the lease): retried while Redis is unavailable, or best effort
+        (while a commit waits, Redis may be down too: the commit's own retries wait for it)."""
+        if retry:
+            self._retry(lambda: self.queue.beat(self._heartbeat()))
+        else:
+            try:
+                self.queue.beat(self._heartbeat())
+            except redis.RedisError:
+                return
+        self._last_beat = time.monotonic()
+
     def _beat_if_due(self) -> None:
         if time.monotonic() - self._last_beat >= self.settings.heartbeat_ttl / 3:
-            self._retry(lambda: self.queue.beat(self._heartbeat()))
-            self._last_beat = time.monotonic()
+            self._beat(retry=True)
 
-    def _retry(self, call: Callable[[], T], *, cold_only: bool = False) -> T:
-        """Run `call`, retrying while Redis or SQLite is unavailable.
+    # --- waiting out what is unavailable ---------------------------------------------------------
 
-        A warm stop ends the waiting (the batch stays in Redis for the next start), except where
-        `cold_only`: a commit keeps trying until it lands or a second signal stops the process.
-        """
-        return (self._retry_until_cold if cold_only else self._retry_until_stop)(call)
+    def _retry(self, call: Callable[[], T]) -> T:
+        """Run `call`, retrying while Redis or SQLite is unavailable; a warm stop ends the waiting (the
+        batch stays in Redis for the next worker)."""
+        return self._retry_until_stop(call)
+
+    def _stopped(self, state: RetryCallState) -> bool:
+        return self._stop.is_set()
+
+    def _stopped_long_ago(self, state: RetryCallState) -> bool:
+        """A commit keeps trying through a warm stop, to finish the batch in hand, for STOP_GRACE."""
+        return self._stop.is_set() and time.monotonic() - self._stop_at > STOP_GRACE
 
     def _pause(self, seconds: float) -> None:
         self._stop.wait(seconds)  # a warm stop cuts the wait short
 
-    def _retrying(self, *, stop_on_warm: bool) -> Retrying:
+    def _retrying(self, stop: Callable[[RetryCallState], bool], sleep: Callable[[float], None]) -> Retrying:
         return Retrying(
-            retry=retry_if_exception_type(UNAVAILABLE),
+            retry=retry_if_exception(unavailable),
             wait=wait_exponential_jitter(multiplier=0.05, max=5.0, jitter=0.1),
-            stop=stop_when_event_set(self._stop) if stop_on_warm else stop_never,
-            sleep=self._pause if stop_on_warm else time.sleep,
+            stop=stop,
+            sleep=sleep,
             before_sleep=_log_retry,
             reraise=True,
         )
+
+
+def _sleep_briefly(seconds: float) -> None:
+    time.sleep(min(seconds, 1.0))  # a commit waiting out a warm stop's grace looks often
 
 
 def _log_failure(raised: BaseException, future: "Future[None]") -> None:

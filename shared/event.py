@@ -62,7 +62,8 @@ _PRINTABLE_CHARS: Final = r"[^\x00-\x1f\x7f]+"
 PRINTABLE: Final = f"^{_PRINTABLE_CHARS}$"
 NAME_MAX_LENGTH: Final = 128
 _Name = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX_LENGTH, pattern=PRINTABLE)]
-_EventType = Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")]
+# The rule for an event type (snake_case), shared with the API's event-type filters.
+EventTypeName = Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")]
 _Uid = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_-]+$")]
 _Instant = Annotated[
     str, StringConstraints(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|\+00:00)$")
@@ -75,7 +76,7 @@ class WireEvent(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
     task_id: _Name
-    event_type: _EventType
+    event_type: EventTypeName
     phase: Phase | None = None
     actor: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=PRINTABLE)]
     span_id: _Name

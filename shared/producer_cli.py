@@ -14,7 +14,9 @@ from taskevents.event import PHASES
 from taskevents.settings import Settings
 
 
-@click.command("emit", epilog=env_help("redis_url", "queue", "max_payload_bytes"))
+@click.command(
+    "emit", epilog=env_help("redis_url", "queue", "max_payload_bytes", "emitter_buffer", "flush_timeout")
+)
 @click.argument("task_id")
 @click.argument("event_type")
 @click.option("--span-id", required=True, help="Span the event belongs to.")
@@ -61,7 +63,9 @@ def emit_command(
         sys.exit(1)
 
 
-@click.command("simulate", epilog=env_help("redis_url", "queue"))
+@click.command(
+    "simulate", epilog=env_help("redis_url", "queue", "max_payload_bytes", "emitter_buffer", "flush_timeout")
+)
 @click.option("--tasks", default=20, show_default=True, help="How many runs to simulate.")
 @click.option("--concurrency", default=5, show_default=True, help="Runs in progress at once.")
 @click.option(

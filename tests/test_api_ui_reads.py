@@ -105,6 +105,10 @@ def test_find_searches_a_run_newest_first_in_bounded_windows(
         before = page["scanned_to"]
     assert found == invalid["events"] and requests == 6  # 3,000 events, 500 at a time
 
+    # An event type is checked by the event model's rule: a bad one is the client's mistake.
+    bad = api_http.get(url, params={"event_type": ["checkpoint_invalid", "Not A Type"]})
+    assert bad.status_code == 400 and bad.json()["code"] == "bad_parameter", bad.text
+
 
 def test_the_task_list_filters_by_phase_text_and_time_and_counts_failed_items(
     settings: Settings, api_http: TestClient

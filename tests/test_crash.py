@@ -60,6 +60,10 @@ def test_every_event_is_stored_once_in_order_through_five_sigkills(
     in_flight_at_kill = []
     for _ in range(KILLS):
         time.sleep(rng.uniform(0.3, 0.8))
+        # Then at the next moment a batch is in its slot (an idle worker's wait holds none).
+        deadline = time.monotonic() + 3
+        while not any(client.llen(k) for k in keys.processing_keys) and time.monotonic() < deadline:
+            time.sleep(0.001)
         worker.kill()
         worker.wait(10)
         in_flight_at_kill.append(sum(client.llen(k) for k in keys.processing_keys))

@@ -99,3 +99,33 @@ def test_the_readme_layout_matches_the_tree() -> None:
         and "egg" not in p.name
     }
     assert listed == folders, (sorted(listed), sorted(folders))
+
+
+# What each command reads from the environment (its --help must list each).
+_WORKER = [
+    "redis_url",
+    "db",
+    "queue",
+    "batch_size",
+    "max_payload_bytes",
+    "sqlite_synchronous",
+    "max_attempts",
+]
+READS = {
+    "ingest": [*_WORKER, "heartbeat_ttl", "log_level"],
+    "api": ["db", "redis_url", "queue", "api_host", "api_port", "query_timeout", "log_level"]
+    + [name for name in Settings.model_fields if name.startswith("stream_")],
+    "emit": list(ProducerSettings.model_fields),
+    "simulate": list(ProducerSettings.model_fields),
+    "tail": ["api_url"],
+    "redis": ["redis_url", "redis_dir"],
+    "dead-letters": ["redis_url", "queue"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_each_command_lists_the_variables_it_reads(command: str) -> None:
+    done = CliRunner().invoke(main, [command, "--help"])
+    assert done.exit_code == 0, done.output
+    missing = [name for name in READS[command] if f"TASKEVENTS_{name.upper()}" not in done.output]
+    assert not missing, (command, missing)

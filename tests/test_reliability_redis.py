@@ -236,7 +236,13 @@ def test_redis_out_of_memory_emitters_keep_and_retry_the_worker_drains_nothing_i
         assert memory["used_memory"] > 0.9 * memory["maxmemory"]
         assert 0 < queued_at_oom < events and emitter.pending() == events - queued_at_oom
 
-        worker = start_worker(settings)  # drains the full Redis: claim and ack work at OOM
+        # Full for certain when the worker starts (below what is used now): it must take the lease,
+        # claim and acknowledge at OOM, since it is what frees memory.
+        time.sleep(1.5)  # until Redis has shrunk the query buffers of the refused pushes
+        client.config_set("maxmemory", client.info("memory")["used_memory"] - 1_000_000)
+        with pytest.raises(redis.OutOfMemoryError):
+            client.set("probe", b"x")
+        worker = start_worker(settings)  # drains the full Redis
         took = wait_until_stored(client, settings, events, timeout=120, alive=lambda: worker.poll() is None)
         assert emitter.flush(10)
         stats = client.info("stats")

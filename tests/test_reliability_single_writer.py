@@ -9,6 +9,7 @@ lost its lease cannot claim, acknowledge or commit (the store's writer epoch ref
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 import redis
 
 from taskevents.ingest.batch import decode_batch
-from taskevents.ingest.lease import LeaseHeld, LeaseLost
+from taskevents.ingest.lease import Lease, LeaseHeld, LeaseLost
 from taskevents.ingest.worker import Worker
 from taskevents.ingest.writer import StoreFenced
 from taskevents.keys import QueueKeys
@@ -222,7 +223,7 @@ def test_a_deposed_worker_can_neither_commit_nor_acknowledge(
     with pytest.raises(StoreFenced, match="another worker took the store over"):
         a.writer.commit(claim.batch_id, good, dead)
     with pytest.raises(LeaseLost):
-        a.queue.ack(claim.slot, heartbeat=b"{}")
+        a.queue.ack(claim.slot, claim.batch_id, heartbeat=b"{}")
     with pytest.raises(LeaseLost):
         a.queue.claim(100, claim.batch_id + 1)
     with pytest.raises(LeaseLost):
@@ -254,3 +255,110 @@ def test_a_standby_takes_over_the_lapsed_lease_of_a_worker_on_another_host(
         f"\nthe lapsed lease of a worker elsewhere was taken {took_over:.2f}s after its last renewal "
         f"(TTL {TTL:g}s)"
     )
+
+
+def test_a_standby_that_takes_over_writes_the_store_at_its_path_not_a_file_moved_away(
+    ttl_settings: Settings, client: redis.Redis, tmp_path: Path
+) -> None:
+    """A standby opens the store only when it becomes the writer, and a writer notices a store file
+    replaced under it: after `mv events.db aside.db`, nothing more is written to aside.db."""
+    settings = ttl_settings
+    first = start_worker(settings, TASKEVENTS_HEARTBEAT_TTL=str(TTL))
+    push(client, settings, 0, 500)
+    wait_until_stored(client, settings, 500, timeout=30)
+    second = start_worker(settings, TASKEVENTS_HEARTBEAT_TTL=str(TTL))
+    wait_for(lambda: client.zcard(QueueKeys(settings.queue).standbys) == 1)
+    aside = tmp_path / "aside.db"
+    move_store(settings.db, aside)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+    wait_for(lambda: holder_pid(client, settings) == second.pid, timeout=10)
+    push(client, settings, 500, 600)
+    wait_for(lambda: settled(client, settings) and stored_count(settings.db) == 100, timeout=30)
+    assert rows(aside, "SELECT count(*) FROM task_events") == [(500,)]  # untouched since it was moved
+    # And under a running writer: the store moved again, the next batch goes to a new one at the path.
+    move_store(settings.db, tmp_path / "aside2.db")
+    push(client, settings, 600, 700)
+    wait_for(lambda: settled(client, settings) and stored_count(settings.db) == 100, timeout=30)
+    assert rows(tmp_path / "aside2.db", "SELECT count(*) FROM task_events") == [(100,)]
+
+
+def move_store(db: Path, to: Path) -> None:
+    """`mv` of a store as an operator does it: the file with its -wal and -shm (SQLite finds them by
+    name, so moving the file alone would hand its write-ahead log to whatever file takes the name)."""
+    for suffix in ("", "-wal", "-shm"):
+        source = db.with_name(db.name + suffix)
+        if source.exists():
+            source.rename(to.with_name(to.name + suffix))
+
+
+def test_a_renewal_that_comes_back_late_from_an_earlier_term_does_not_end_the_current_one(
+    ttl_settings: Settings, client: redis.Redis
+) -> None:
+    lease = Lease(client, QueueKeys(ttl_settings.queue), 60_000)
+    assert lease.try_acquire()
+    old = lease.term
+    client.delete(QueueKeys(ttl_settings.queue).lease)  # it lapsed while we were frozen
+    with pytest.raises(LeaseLost):
+        lease.renew()  # the main thread learns it, and takes the lease again
+    assert lease.try_acquire()
+    current = lease.term
+    with pytest.raises(LeaseLost):
+        lease.renew(old)  # the earlier term's keeper, late
+    assert lease.held and lease.term is current
+    assert client.get(QueueKeys(ttl_settings.queue).lease) == current.token.encode()  # type: ignore[union-attr]
+    lease.release()
+    assert client.get(QueueKeys(ttl_settings.queue).lease) is None
+
+
+def test_only_a_holder_on_this_machine_whose_pid_is_gone_is_taken_for_dead(
+    ttl_settings: Settings, client: redis.Redis
+) -> None:
+    lease = Lease(client, QueueKeys(ttl_settings.queue), 60_000)
+    host, boot, pidns = lease.identity.rsplit(":", 3)[:3]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert lease._is_dead_here(f"{host}:{boot}:{pidns}:{dead.pid}:abc")
+    assert not lease._is_dead_here(f"{host}:{boot}:{pidns}:1:abc")  # pid 1 runs: alive
+    assert not lease._is_dead_here(f"{host}:another-boot:{pidns}:{dead.pid}:abc")  # another machine
+    assert not lease._is_dead_here(f"{host}:{boot}:1:{dead.pid}:abc")  # another PID namespace
+    assert not lease._is_dead_here("elsewhere:4026531836:4242:0123456789ab")  # not a token of ours
+
+
+def test_an_acknowledgement_retried_after_its_reply_was_lost_does_nothing_twice(
+    ttl_settings: Settings, client: redis.Redis
+) -> None:
+    keys = QueueKeys(ttl_settings.queue)
+    client.rpush(ttl_settings.queue, raw_event("t", 1), b"junk")
+    with Worker(ttl_settings) as worker:
+        worker.take_over()
+        claim = worker.queue.claim(10, worker.writer.last_batch_id + 1)
+        assert claim is not None
+        for _ in range(2):  # the second time, as a retry after a lost reply would
+            worker.queue.ack(
+                claim.slot, claim.batch_id, dead=[b"dead"], counters={"batches": 1}, heartbeat=b"{}"
+            )
+    assert client.llen(keys.dead) == 1 and client.hget(keys.stats, "batches") == b"1"
+
+
+def test_a_store_taken_over_by_a_writer_of_another_queue_makes_the_worker_let_go_and_say_so(
+    ttl_settings: Settings, client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = ttl_settings.model_copy(update={"queue": ttl_settings.queue + ":other"})
+    worker = Worker(ttl_settings)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        push(client, ttl_settings, 0, 100)
+        wait_until_stored(client, ttl_settings, 100, timeout=30)
+        first_token = worker.lease.token
+        with Worker(other) as intruder:
+            intruder.take_over()  # bumps the store's writer epoch under the first worker
+        push(client, ttl_settings, 100, 200)
+        wait_until_stored(client, ttl_settings, 200, timeout=30)
+    finally:
+        worker.request_stop()
+        thread.join(30)
+    assert "is another queue or Redis writing to" in caplog.text
+    assert worker.lease.token != first_token  # it let go of its term, and took a new one
+    assert_each_stored_once_in_order(ttl_settings, 200)

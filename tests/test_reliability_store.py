@@ -5,6 +5,7 @@ The worker must stop committing, keep the events in Redis, say why (log and hear
 """
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from taskevents.ingest.worker import Worker
+from taskevents.ingest.worker import STOP_GRACE, Worker
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 from tests.conftest import IN_CI
@@ -212,3 +213,45 @@ def test_a_store_locked_by_another_process_makes_the_worker_wait_and_lose_nothin
     # A commit attempt waits up to busy_timeout (5 s) for the lock, then backs off up to 5 s.
     assert resumed < 11
     print(f"\nlocked {FAULT:.0f}s: {DURING} sent, stored {resumed:.1f}s after the lock was released")
+
+
+def test_a_warm_stop_gives_up_a_commit_that_keeps_failing_and_does_not_count_it_as_a_crash(
+    settings: Settings, client: redis.Redis
+) -> None:
+    """SIGTERM while the store stays locked: the worker stops within STOP_GRACE (not never), leaves the
+    batch in its slot with its attempt taken back, and the next worker stores it."""
+    worker = start_worker(settings)
+    push(client, settings, 0, BEFORE)
+    wait_until_stored(client, settings, BEFORE, timeout=30, alive=lambda: worker.poll() is None)
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(settings.db), "120"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
+        push(client, settings, BEFORE, 100)
+        wait_for(
+            lambda: (heartbeat(client, settings) or {}).get("store_error") == "database is locked", timeout=20
+        )
+        stopped = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+        took = time.monotonic() - stopped
+        keys = QueueKeys(settings.queue)
+        attempts = [int(client.get(keys.processing_attempts(s)) or 0) for s in range(2)]
+        assert held_in_redis(client, settings) == 100 and max(attempts) == 0  # kept, and not a crash
+    finally:
+        locker.kill()
+        locker.wait()
+        if locker.stdout is not None:
+            locker.stdout.close()
+    successor = start_worker(settings)
+    wait_until_stored(client, settings, BEFORE + 100, timeout=30, alive=lambda: successor.poll() is None)
+    successor.terminate()
+    assert successor.wait(15) == 0
+    assert_all_stored_once(settings, BEFORE + 100)
+    assert client.llen(QueueKeys(settings.queue).dead) == 0
+    assert took < STOP_GRACE + 10  # the grace, plus a commit attempt's busy timeout (5 s)
+    print(
+        f"\nwarm stop with the store locked: exited {took:.1f}s after SIGTERM, "
+        "the batch left for the next worker"
+    )

@@ -11,8 +11,9 @@ import pytest
 import redis
 
 from taskevents import Emitter
+from taskevents.db import open_writer
 from taskevents.ingest.batch import decode_batch
-from taskevents.ingest.worker import Worker
+from taskevents.ingest.worker import Worker, unavailable
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 from tests.helpers import rows, seqs_by_task, start_worker, stored_count, wait_for, worker_env
@@ -152,7 +153,7 @@ def test_summaries_track_phase_status_and_spans(settings: Settings, client: redi
 
 
 def test_the_store_itself_refuses_duplicate_seq_and_event_uid(settings: Settings) -> None:
-    Worker(settings)  # creates the schema
+    open_writer(settings.db).close()  # the schema, as the worker creates it
     conn = sqlite3.connect(settings.db)
     insert = (
         "INSERT INTO task_events (task_id, seq, event_type, actor, span_id, created_at, event_uid) "
@@ -286,3 +287,26 @@ def test_check_fails_while_the_heartbeat_reports_a_store_error(
     assert "cannot write the store: database disk image is malformed" in done.stderr
     client.set(QueueKeys(settings.queue).heartbeat, orjson.dumps(beat | {"store_error": None}), px=10_000)
     assert subprocess.run(check, env=worker_env(settings), capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (redis.ConnectionError("refused"), True),
+        (redis.TimeoutError("slow"), True),
+        (redis.OutOfMemoryError("OOM command not allowed"), True),
+        (redis.ReadOnlyError("You can't write against a read only replica."), True),  # after a failover
+        (redis.ResponseError("MISCONF Errors writing to the AOF file"), True),  # its disk is full
+        (redis.ResponseError("LEASELOST the lease is no longer ours"), False),
+        (redis.ResponseError("WRONGTYPE"), False),
+        (sqlite3.OperationalError("database is locked"), True),
+        (sqlite3.OperationalError("database or disk is full"), True),
+        (sqlite3.OperationalError("disk I/O error"), True),
+        (sqlite3.OperationalError("attempt to write a readonly database"), False),  # a store fault
+        (sqlite3.OperationalError("no such table: task_events"), False),
+        (sqlite3.IntegrityError("UNIQUE constraint failed"), False),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_what_the_worker_waits_out_and_what_it_does_not(error: BaseException, transient: bool) -> None:
+    assert unavailable(error) is transient
