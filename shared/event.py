@@ -137,6 +137,10 @@ def exit_reason(payload: dict[str, Any]) -> str | None:
     return f"exit code {code}" if code else None
 
 
+_SPACES = " \t\n\r"
+_INTEGER_TEXT = re.compile(r"[ \t\n\r]*[+-]?[0-9]{1,20}[ \t\n\r]*")
+
+
 def _integer(value: object) -> int | None:
     if isinstance(value, bool):
         return None
@@ -144,8 +148,10 @@ def _integer(value: object) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,20}\s*", value):
-        return int(value)
+    # ASCII digits and spaces only: what int() takes besides (other Unicode digits and spaces, some of
+    # which `\s` matches and int() refuses) would differ from the UI's rule, or raise.
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
+        return int(value.strip(_SPACES))
     return None
 
 
