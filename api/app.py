@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -23,6 +24,7 @@ from taskevents.api.deps import ReadRunner
 from taskevents.api.errors import install_error_handlers
 from taskevents.api.metrics import MetricsMiddleware, RequestMetrics, WorkerCollector, metrics_router
 from taskevents.api.store import DEFAULT_POOL_SIZE, ReadStore, StoreUnavailable
+from taskevents.api.ui import UiAssets, default_dist, ui_router
 from taskevents.api.worker_report import redis_client
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
@@ -44,7 +46,11 @@ def package_version() -> str:
 
 
 def create_app(
-    settings: Settings, *, routers: Sequence[APIRouter] = (), pool_size: int = DEFAULT_POOL_SIZE
+    settings: Settings,
+    *,
+    routers: Sequence[APIRouter] = (),
+    pool_size: int = DEFAULT_POOL_SIZE,
+    ui_dist: Path | None = None,
 ) -> FastAPI:
     """The read API over `settings.db`; `routers` are included after the built-in ones.
 
@@ -75,6 +81,8 @@ def create_app(
     app.include_router(metrics_router())
     # The live stream (/sse/…, /ws/…); its router's lifespan runs the LiveHub (api/live.py).
     app.include_router(stream.router)
+    # The runner UI (/, /tasks/{task_id}, /assets/…): built ahead of time, read once here.
+    app.include_router(ui_router(UiAssets(ui_dist or default_dist())))
     # Further routers are included here, after the read endpoints.
     for router in routers:
         app.include_router(router)

@@ -1,14 +1,16 @@
 """Fixtures: a private redis-server per test session (or per test, when a test kills it), and what the
 markers of pyproject.toml mean.
 
-A marker that names something a test needs (`redis_server`, `honcho`) gates it: without the thing, the
+A marker that names something a test needs (`redis_server`, `honcho`, `browser`, `node`) gates it: without the thing, the
 test is skipped on a developer's machine and fails with `CI=true`, where the project's own files must
 have installed it. A test whose fixtures need a redis-server but that lacks the marker is refused at
 collection, so the markers stay true.
 """
 
+import importlib.util
 import itertools
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import redis
 from taskevents.ingest.localredis import RedisServer, find_redis_server
 from taskevents.ingest.worker import Worker
 from taskevents.settings import Settings
+from tests.browser import UI_DIR, find_chromium
 from tests.helpers import reap_workers
 
 if TYPE_CHECKING:
@@ -37,6 +40,16 @@ REQUIREMENTS: dict[str, tuple[Callable[[], bool], str]] = {
     ),
     # The tests run the venv's own honcho, beside the interpreter.
     "honcho": (lambda: (Path(sys.executable).parent / "honcho").exists(), "honcho (the local extra)"),
+    "browser": (
+        lambda: find_chromium() is not None and importlib.util.find_spec("playwright") is not None,
+        "Debian's chromium and Playwright (scripts/test installs chromium as root)",
+    ),
+    "node": (
+        lambda: (
+            shutil.which("node") is not None and (UI_DIR / "node_modules" / ".package-lock.json").exists()
+        ),
+        "Node and the UI's build tools (scripts/test runs npm ci in api/ui)",
+    ),
 }
 # Fixtures that start or use the suite's redis-server: a test using one must carry `redis_server`.
 REDIS_FIXTURES = {"redis_server", "own_redis_server", "settings", "client", "api_http"}

@@ -6,6 +6,7 @@ works, FastAPI, uvicorn and prometheus-client are not installed, `taskevents emi
 command of the server says which extra to install.
 """
 
+import json
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     for folder in ("shared", "ingest", "api"):
-        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        ignore = shutil.ignore_patterns("__pycache__", "node_modules", ".test-build")
+        shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(source)],
@@ -47,6 +49,15 @@ def test_the_wheel_installs_one_top_level_package(wheel: Path) -> None:
     for module in ("taskevents/__init__.py", "taskevents/emitter.py", "taskevents/ingest/worker.py"):
         assert module in names
     assert "taskevents/api/app.py" in names and not any(n.startswith("tests/") for n in names)
+
+
+def test_the_wheel_ships_the_built_ui_and_not_its_sources(wheel: Path) -> None:
+    archive = zipfile.ZipFile(wheel)
+    manifest = json.loads(archive.read("taskevents/api/ui/dist/manifest.json"))
+    for asset in (manifest["js"], manifest["css"], "LICENSES.txt"):
+        assert f"taskevents/api/ui/dist/{asset}" in archive.namelist()
+    ui = [n for n in archive.namelist() if n.startswith("taskevents/api/ui/")]
+    assert all(n.startswith("taskevents/api/ui/dist/") for n in ui), ui  # no TypeScript, no node_modules
 
 
 def test_a_runner_gets_the_producer_and_no_web_server(wheel: Path, tmp_path: Path) -> None:
