@@ -43,6 +43,7 @@ class Asset:
     gzipped: bytes
     media_type: str
     etag: str
+    hashed: bool  # the name carries a hash of the content (app-<hash>.js)
 
 
 class UiAssets:
@@ -59,6 +60,7 @@ class UiAssets:
                     gzip.compress(body, compresslevel=9, mtime=0),
                     TYPES[path.suffix],
                     '"' + hashlib.sha256(body).hexdigest()[:16] + '"',
+                    path.name in (manifest["js"], manifest["css"]),
                 )
         self.page = (
             "<!doctype html>\n"
@@ -72,6 +74,20 @@ class UiAssets:
             '<noscript>The taskevents UI needs JavaScript. The API is described at <a href="/docs">/docs</a>.'
             "</noscript>\n</body>\n</html>\n"
         ).encode()
+
+
+def _etags(header: str) -> set[str]:
+    """The entity tags of an If-None-Match header (a list; weak ones compare equal here)."""
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+
+
+def _takes_gzip(header: str) -> bool:
+    """Accept-Encoding lists gzip without q=0."""
+    for part in header.lower().split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() == "gzip":
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
 
 
 def default_dist() -> Path:
@@ -99,14 +115,15 @@ def ui_router(assets: UiAssets) -> APIRouter:
         if found is None:
             raise ApiError(404, "not_found", f"no asset {name!r}")
         headers = {
-            "Cache-Control": "public, max-age=31536000, immutable",
+            # A hashed name never changes content: cached for a year. LICENSES.txt has no hash.
+            "Cache-Control": "public, max-age=31536000, immutable" if found.hashed else "no-cache",
             "ETag": found.etag,
             "Vary": "Accept-Encoding",
             **SECURITY_HEADERS,
         }
-        if request.headers.get("if-none-match") == found.etag:
+        if found.etag in _etags(request.headers.get("if-none-match", "")):
             return Response(status_code=304, headers=headers)
-        if "gzip" in request.headers.get("accept-encoding", ""):
+        if _takes_gzip(request.headers.get("accept-encoding", "")):
             headers["Content-Encoding"] = "gzip"
             return Response(found.gzipped, media_type=found.media_type, headers=headers)
         return Response(found.body, media_type=found.media_type, headers=headers)

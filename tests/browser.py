@@ -12,10 +12,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -41,7 +43,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 # What Chromium logs on its own while the API is down (a refused connection); nothing else may appear.
-NETWORK_NOISE = re.compile(r"net::ERR_|Failed to load resource")
+NETWORK_NOISE = re.compile(r"net::ERR_|Failed to load resource|EventSource's response has a status")
 
 
 def find_chromium() -> str | None:
@@ -132,6 +134,36 @@ def ui_stack(settings: Settings, port: int) -> Iterator[UiStack]:
         worker.wait(20)
 
 
+class _Refusing(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.count += 1  # type: ignore[attr-defined]
+        body = b'{"detail": "the store is unavailable", "code": "store_unavailable"}'
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Retry-After", "1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def refusing_server(port: int) -> Iterator[Any]:
+    """Something on `port` that answers every request with 503: `.count` of requests so far."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Refusing)
+    server.count = 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 @dataclass
 class Watched:
     """A page and what it did: console errors, uncaught exceptions, every request's URL."""
@@ -139,12 +171,17 @@ class Watched:
     page: "Page"
     shots: Path
     errors: list[str] = field(default_factory=list)
+    noise: list[str] = field(default_factory=list)  # the network errors allowed while a server is down
     requests: list[str] = field(default_factory=list)
     allow_network_noise: bool = False
     _step: int = 0
 
     def on_console(self, message: "ConsoleMessage") -> None:
-        if message.type == "error" and not (self.allow_network_noise and NETWORK_NOISE.search(message.text)):
+        if message.type != "error":
+            return
+        if self.allow_network_noise and NETWORK_NOISE.search(message.text):
+            self.noise.append(message.text)
+        else:
             self.errors.append(f"console: {message.text}")
 
     def on_request(self, request: "Request") -> None:

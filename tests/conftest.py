@@ -1,10 +1,10 @@
 """Fixtures: a private redis-server per test session (or per test, when a test kills it), and what the
 markers of pyproject.toml mean.
 
-A marker that names something a test needs (`redis_server`, `honcho`, `browser`, `node`) gates it: without the thing, the
-test is skipped on a developer's machine and fails with `CI=true`, where the project's own files must
-have installed it. A test whose fixtures need a redis-server but that lacks the marker is refused at
-collection, so the markers stay true.
+A marker that names something a test needs (`redis_server`, `honcho`, `browser`, `node`) gates it:
+without the thing, the test is skipped on a developer's machine and fails with `CI=true`, where the
+project's own files must have installed it. A test whose fixtures need a redis-server but that lacks
+the marker is refused at collection, so the markers stay true.
 """
 
 import importlib.util

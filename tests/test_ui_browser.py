@@ -8,6 +8,7 @@ data-status on task rows, data-span-id and data-state on span nodes, data-seq on
 data-live on the live indicator, data-checkpoint-id and data-verdict on checkpoints.
 """
 
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,16 @@ import pytest
 from taskevents import lifecycle as lc
 from taskevents.emitter import Emitter
 from taskevents.settings import Settings
-from tests.browser import CHROMIUM_ARGS, UiStack, Watched, find_chromium, settle, ui_stack, watched_page
+from tests.browser import (
+    CHROMIUM_ARGS,
+    UiStack,
+    Watched,
+    find_chromium,
+    refusing_server,
+    settle,
+    ui_stack,
+    watched_page,
+)
 from tests.helpers import wait_for
 from tests.stream_helpers import free_port
 
@@ -345,6 +355,117 @@ def test_the_keys_move_open_and_close(stack: UiStack, page: Watched) -> None:
     page.page.wait_for_selector("[role='dialog']", state="detached")
 
 
+def test_the_timeline_follows_the_newest_until_scrolled_up_and_resumes_at_the_bottom(
+    stack: UiStack, page: Watched
+) -> None:
+    run = Run(stack.emitter, "follow-run")
+    run.spawn()
+    run.evidence("executing", 120)
+    stack.stored(run.task, run.count)
+    page.open(f"{stack.url}/tasks/{run.task}")
+    page.page.wait_for_selector("[data-live='live']")
+    assert page.page.locator(f".timeline [data-seq='{run.count}']").is_visible()
+
+    # Scrolled up: new events do not pull the reader down; a button counts them.
+    page.page.locator(".timeline").evaluate("el => { el.scrollTop = 0; }")
+    page.page.wait_for_selector("button.follow")
+    run.evidence("executing", 30)
+    stack.stored(run.task, run.count)
+    page.page.wait_for_selector("button.follow:has-text('30 new')")
+    assert page.page.locator(".timeline [data-seq='1']").is_visible()
+    page.shot("scrolled-up")
+
+    # Back to the newest: the window shows it and follows again.
+    page.page.click("button.follow")
+    page.page.wait_for_selector(f".timeline [data-seq='{run.count}']")
+    page.page.wait_for_selector("button.follow", state="detached")
+    run.evidence("executing", 5)
+    stack.stored(run.task, run.count)
+    page.page.wait_for_selector(f".timeline [data-seq='{run.count}']")
+    assert page.page.locator(f".timeline [data-seq='{run.count}']").is_visible()
+    page.shot("following-again")
+
+
+def test_folded_runs_scroll_back_and_a_deep_link_into_one_unfolds_it(stack: UiStack, page: Watched) -> None:
+    run = Run(stack.emitter, "fold-run")
+    run.spawn()
+    for _ in range(900):  # heartbeats: the newest 200 fold into one line that does not fill the list
+        lc.emit_runner_heartbeat(run.task, run.runner, emitter=stack.emitter)
+    run.count += 900
+    run.evidence("executing", 1)
+    stack.stored(run.task, run.count)
+    page.open(f"{stack.url}/tasks/{run.task}")
+    # Older pages are read until the list can scroll or the run's start is in: seq 1 gets there.
+    page.page.wait_for_selector(".timeline [data-seq='1']", timeout=20_000)
+    page.shot("folded")
+
+    page.open(f"{stack.url}/tasks/{run.task}?seq=450")
+    page.page.wait_for_selector(".timeline [data-seq='450'].hl")
+    assert page.page.locator(".timeline [data-seq='450']").is_visible()
+    page.shot("unfolded-at-450")
+
+
+def test_search_within_the_run_is_answered_by_the_server(stack: UiStack, page: Watched) -> None:
+    run = Run(stack.emitter, "find-run")
+    run.spawn()
+    stage = run.enter("executing")
+    for k in range(30):
+        run.item(stage, f"item-{k}")
+        if k % 10 == 3:
+            run.failed(stage, f"item-{k}", "E7", "flaky")
+        else:
+            run.done(stage, f"item-{k}")
+    run.evidence("executing", 300)
+    stack.stored(run.task, run.count)
+    page.open(f"{stack.url}/tasks/{run.task}")
+    page.page.check("text=failures only")
+    page.page.click("button:text-is('find')")
+    page.page.wait_for_selector("text=3 found, newest first (the whole run)")
+    found = page.page.inner_text(".timeline")
+    assert all(f"item-{k} (lint) failed: E7" in found for k in (3, 13, 23))
+    page.shot("failures")
+    # A result opens the timeline at that event.
+    page.page.click(".timeline [data-seq] .tl-text >> text=item-13")
+    page.page.wait_for_selector("text=back to the timeline", state="detached")
+    seq = page.page.get_attribute(".timeline .tl-row.hl", "data-seq")
+    assert seq is not None and "item-13 (lint) failed" in page.page.inner_text(
+        f".timeline [data-seq='{seq}']"
+    )
+    # A text found nowhere: none, over the whole run.
+    page.page.uncheck("text=failures only")
+    page.page.fill("input[aria-label='Search within the run']", "no-such-text-anywhere")
+    page.page.keyboard.press("Enter")
+    page.page.wait_for_selector("text=0 found, newest first (the whole run)")
+    page.page.keyboard.press("Escape")  # leaves the box
+    page.page.keyboard.press("Escape")  # leaves the results
+    page.page.wait_for_selector("text=back to the timeline", state="detached")
+
+
+def test_keys_leave_focused_controls_and_open_dialogs_alone(stack: UiStack, page: Watched) -> None:
+    run = Run(stack.emitter, "focus-run")
+    run.spawn()
+    run.evidence("executing", 5)
+    stack.stored(run.task, run.count)
+    page.open(f"{stack.url}/tasks/{run.task}")
+    page.page.keyboard.press("k")
+    page.page.focus("button:has-text('evidence (0)')")
+    page.page.keyboard.press("Enter")  # the button's own Enter: the drawer, not the raw JSON
+    page.page.wait_for_selector(".drawer")
+    assert page.page.locator("[role='dialog']").count() == 0
+    page.page.keyboard.press("Escape")
+    page.page.wait_for_selector(".drawer", state="detached")
+    page.page.keyboard.press("?")
+    page.page.wait_for_selector("[role='dialog']")
+    before = page.page.get_attribute(".timeline .tl-row.selected", "data-seq")
+    page.page.keyboard.press("k")  # the page behind the dialog takes no keys
+    assert page.page.get_attribute(".timeline .tl-row.selected", "data-seq") == before
+    for _ in range(4):
+        page.page.keyboard.press("Tab")  # focus stays in the dialog
+    assert page.page.evaluate("document.activeElement.closest('dialog') !== null")
+    page.page.keyboard.press("Escape")
+    page.page.wait_for_selector("[role='dialog']", state="detached")
+
+
 def test_the_raw_json_copy_button_copies_the_event(browser: "Browser", stack: UiStack) -> None:
     run = Run(stack.emitter, "copy-run")
     run.spawn()
@@ -385,6 +506,34 @@ def test_an_api_restart_under_an_open_page_loses_nothing_and_repeats_nothing(
     assert shown_seqs(page) == list(range(1, run.count + 1))
     assert f"{run.count} events" in page.page.inner_text("header")
     page.shot("caught-up")
+    page.allow_network_noise = False
+
+
+def test_a_refused_stream_is_reopened_from_the_latest_seq(stack: UiStack, page: Watched) -> None:
+    """While the API restarts, something else answers on its port with 503 (a proxy, or the API with its
+    store unreadable). A browser's EventSource gives up on an answer that is not a stream; the page
+    opens a new one itself, from the latest seq it holds, and misses nothing emitted meanwhile."""
+    run = Run(stack.emitter, "refused-run")
+    run.spawn()
+    run.evidence("executing", 9)
+    stack.stored(run.task, run.count)
+    page.open(f"{stack.url}/tasks/{run.task}")
+    page.page.wait_for_selector("[data-live='live']")
+    page.allow_network_noise = True  # Chromium logs the refused streams itself
+    stack.api.kill()
+    with refusing_server(stack.api.port) as refused:
+        wait_for(lambda: refused.count >= 2, timeout=30)  # refused, and asked again: not given up
+        page.page.wait_for_selector("[data-live='reconnecting']")
+        run.evidence("executing", 10)
+        stack.stored(run.task, run.count)
+    stack.api.start()
+    run.evidence("executing", 5)
+    stack.flush()
+    page.page.wait_for_selector(f".timeline [data-seq='{run.count}']", timeout=30_000)
+    page.page.wait_for_selector("[data-live='live']")
+    settle(0.5)
+    assert shown_seqs(page) == list(range(1, run.count + 1))
+    page.shot("reopened")
     page.allow_network_noise = False
 
 
@@ -461,4 +610,5 @@ def test_pages_carry_a_strict_content_security_policy(stack: UiStack) -> None:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
         csp = response.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "connect-src 'self'" in csp and "unsafe" not in csp
-        assert "<script>" not in response.text  # no inline script: only the bundle, by src
+        scripts = re.findall(r"<script\b[^>]*>", response.text)
+        assert scripts and all(" src=" in tag for tag in scripts)  # no inline script: the bundle, by src

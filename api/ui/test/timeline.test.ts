@@ -52,7 +52,7 @@ const RUN: TaskEvent[] = [
 ];
 
 const firstAttempt = (_id: string) => 1;
-const rowsOf = (events: TaskEvent[], expanded: string[] = [], stages: Span[] = STAGES, attemptOf: (id: string) => number = firstAttempt) =>
+const rowsOf = (events: TaskEvent[], expanded: number[] = [], stages: Span[] = STAGES, attemptOf: (id: string) => number = firstAttempt) =>
   timelineRows(events, stages, attemptOf, lookup, new Set(expanded));
 
 /** A row in short: "g start", "e 7", "f 10-12 x3: 3 heartbeats". */
@@ -106,8 +106,8 @@ test("a fold holds the run's events in order, keyed by its first seq, with a qui
   assert.ok(folds.every((f) => f.line.tone === "quiet"));
 });
 
-test("a fold whose key is expanded shows its events one by one; the others stay folded", () => {
-  const rows = rowsOf(RUN, ["f:13"]);
+test("a fold holding an unfolded seq shows its events one by one; the others stay folded", () => {
+  const rows = rowsOf(RUN, [14]);
   const brief13 = rows.map(brief).slice(12, 17);
   assert.deepEqual(brief13, ["f 10-12 x3: 3 heartbeats", "e 13", "e 14", "e 15", "e 16"]);
   const expanded = rows.filter((r) => r.kind === "event" && [13, 14, 15].includes(r.event.seq));
@@ -117,8 +117,17 @@ test("a fold whose key is expanded shows its events one by one; the others stay 
     "item-2 (test) at 50%",
     "item-1 (lint) at 60%",
   ]);
-  // A key that names no fold (or a fold's event) changes nothing.
-  assert.deepEqual(rowsOf(RUN, ["f:14", "e:10"]).map(brief), rowsOf(RUN).map(brief));
+  // Seqs in no foldable run (an event of its own, or none held) change nothing.
+  assert.deepEqual(rowsOf(RUN, [9, 16, 99]).map(brief), rowsOf(RUN).map(brief));
+});
+
+test("an unfolded run stays unfolded when it grows at either end", () => {
+  // Unfolded by its middle event; then older events join its start and new ones its end.
+  const run = [beat(5), beat(6), beat(7)];
+  const grown = [beat(3), beat(4), ...run, beat(8), beat(9)];
+  const shown = (events: TaskEvent[]) => rowsOf(events, [6], []).filter((r) => r.kind === "event").length;
+  assert.equal(shown(run), 3);
+  assert.equal(shown(grown), 7);
 });
 
 test("a heartbeat run and a progress run next to each other are two folds", () => {

@@ -47,15 +47,16 @@ function foldLine(events: TaskEvent[], lookup: SpanLookup): Line {
 }
 
 /**
- * The rows of `events` (ascending, contiguous). `expanded`: keys of folds shown event by event.
- * Linear in the number of events.
+ * The rows of `events` (ascending, contiguous). `unfolded`: seqs whose run is shown event by event. A
+ * run is named by the events in it, not by where it starts, so it stays unfolded when it grows (live
+ * events at its end, older pages at its start). Linear in the number of events.
  */
 export function timelineRows(
   events: TaskEvent[],
   stages: Span[],
   attemptOf: (id: string) => number,
   lookup: SpanLookup,
-  expanded: ReadonlySet<string>,
+  unfolded: ReadonlySet<number>,
 ): Row[] {
   const rows: Row[] = [];
   let group: string | undefined;
@@ -63,7 +64,7 @@ export function timelineRows(
   const flush = () => {
     if (run.length === 0) return;
     const key = `f:${(run[0] as TaskEvent).seq}`;
-    if (run.length === 1 || expanded.has(key)) {
+    if (run.length === 1 || (unfolded.size > 0 && run.some((e) => unfolded.has(e.seq)))) {
       for (const e of run) rows.push({ kind: "event", key: `e:${e.seq}`, event: e, line: describe(e, lookup) });
     } else {
       rows.push({ kind: "fold", key, events: run, line: foldLine(run, lookup) });

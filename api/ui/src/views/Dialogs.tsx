@@ -3,21 +3,37 @@ import { useEffect, useRef, useState } from "preact/hooks";
 import type { ComponentChildren } from "preact";
 import type { TaskEvent } from "../types";
 
+/** A modal dialog: the browser's own <dialog>, shown with showModal(), so the page behind is inert,
+ * Tab stays inside, Esc closes it, and focus goes back where it was when it closes. */
 function Dialog({ title, onClose, children }: { title: string; onClose: () => void; children: ComponentChildren }) {
-  const ref = useRef<HTMLDivElement>(null);
-  useEffect(() => ref.current?.focus(), []);
+  const ref = useRef<HTMLDialogElement>(null);
+  useEffect(() => {
+    const opener = document.activeElement as HTMLElement | null;
+    ref.current?.showModal();
+    return () => opener?.focus?.();
+  }, []);
   return (
-    <div class="backdrop" onClick={onClose}>
-      <div class="dialog" role="dialog" aria-modal="true" aria-label={title} tabIndex={-1} ref={ref} onClick={(e) => e.stopPropagation()}>
-        <header class="drawer-head">
-          <h2>{title}</h2>
-          <button type="button" class="link" onClick={onClose}>
-            close (Esc)
-          </button>
-        </header>
-        {children}
-      </div>
-    </div>
+    <dialog
+      class="dialog"
+      role="dialog"
+      aria-label={title}
+      ref={ref}
+      onCancel={(e) => {
+        e.preventDefault(); // Esc: closed by the page's state, not behind its back
+        onClose();
+      }}
+      onClick={(e) => {
+        if (e.target === ref.current) onClose(); // a click on the backdrop
+      }}
+    >
+      <header class="drawer-head">
+        <h2>{title}</h2>
+        <button type="button" class="link" onClick={onClose}>
+          close (Esc)
+        </button>
+      </header>
+      {children}
+    </dialog>
   );
 }
 

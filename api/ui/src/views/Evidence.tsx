@@ -1,6 +1,7 @@
 // The evidence drawer: each checkpoint with its type, its evidence (artifacts, commit, the work items it
 // covers, which highlight their cards, and the evidence linked to it), and its verdict.
 import { Fragment } from "preact";
+import { useState } from "preact/hooks";
 import { shortHash } from "../format";
 import type { Checkpoint, TaskModel } from "../model/task";
 
@@ -76,12 +77,19 @@ function Refs({ cp, onHighlight }: { cp: Checkpoint; onHighlight: (items: string
   );
 }
 
+const SHOWN = 50; // checkpoints the drawer lists at first, newest first; more on demand
+
 export function EvidenceDrawer({ model, onClose, onHighlight, onJump }: Props) {
-  const checkpoints = [...model.checkpointOrder].reverse().map((id) => model.checkpoints.get(id) as Checkpoint);
+  const [limit, setLimit] = useState(SHOWN);
+  const total = model.checkpointOrder.length;
+  const checkpoints = model.checkpointOrder
+    .slice(Math.max(0, total - limit))
+    .reverse()
+    .map((id) => model.checkpoints.get(id) as Checkpoint);
   return (
     <aside class="drawer" aria-label="Evidence">
       <header class="drawer-head">
-        <h2>Evidence · {checkpoints.length} checkpoints</h2>
+        <h2>Evidence · {total} checkpoints</h2>
         <button type="button" class="link" onClick={onClose} aria-label="close the evidence drawer">
           close (Esc)
         </button>
@@ -114,6 +122,11 @@ export function EvidenceDrawer({ model, onClose, onHighlight, onJump }: Props) {
           );
         })}
       </ol>
+      {total > checkpoints.length && (
+        <button type="button" class="more" onClick={() => setLimit(limit + SHOWN)}>
+          {Math.min(SHOWN, total - checkpoints.length)} older checkpoints
+        </button>
+      )}
     </aside>
   );
 }

@@ -17,6 +17,7 @@ import { VirtualList } from "./VirtualList";
 const CARDS_SHOWN = 8; // cards a collapsed stage shows: two rows
 const CARD_ROW = 66; // px, a row of the expanded grid
 const PER_ROW = 4;
+const ROWS_SHOWN = 6; // attempt rows drawn before "show earlier attempts"
 
 interface Props {
   model: TaskModel;
@@ -62,6 +63,7 @@ function countsLine(counts: { open: number; closed: number; failed: number }): s
 type View = "folded" | "cards" | "all";
 
 function Stage({ box, model, props, chosen, onView }: { box: StageBox; model: TaskModel; props: Props; chosen: View; onView: (v: View) => void }) {
+  const span = model.spans.get(box.id) ?? box.span; // the stage as of now (the layout is kept across batches)
   const counts = model.countsOf(box.id);
   const total = counts.open + counts.closed + counts.failed;
   const items = model.childrenOf(box.id);
@@ -73,9 +75,9 @@ function Stage({ box, model, props, chosen, onView }: { box: StageBox; model: Ta
   const card = (s: Span) => <Card span={s} highlighted={props.highlighted.has(s.span_id)} selected={props.selected === s.span_id} onSelect={props.onSelect} key={s.span_id} />;
   return (
     <section
-      class={`stage stage-${box.span.state}${props.selected === box.id ? " selected" : ""}`}
+      class={`stage stage-${span.state}${props.selected === box.id ? " selected" : ""}`}
       data-span-id={box.id}
-      data-state={box.span.state}
+      data-state={span.state}
       style={{ gridColumn: String(box.column + 1), gridRow: String(box.row + 1) }}
       aria-label={`${box.phase}, attempt ${box.attempt}`}
     >
@@ -100,7 +102,7 @@ function Stage({ box, model, props, chosen, onView }: { box: StageBox; model: Ta
             </button>
           </>
         )}
-        <StateBadge state={box.span.state} />
+        <StateBadge state={span.state} />
       </header>
       {view !== "folded" && total > 0 && <p class="stage-counts">{countsLine(counts)}</p>}
       {view === "all" && shown.length > CARDS_SHOWN ? (
@@ -201,12 +203,15 @@ function Edges({ layout, grid, version }: { layout: Layout; grid: { current: HTM
 }
 
 export function Pipeline(props: Props) {
-  const { model, version } = props;
+  const { model } = props;
   const stages = model.stages.map((id) => model.spans.get(id)).filter((s): s is Span => s !== undefined);
-  const layout = useMemo(() => layoutPipeline(stages), [version, stages.length]);
+  // The layout changes only when stages come (or are corrected), not with each batch of events.
+  const stageKey = stages.map((st) => `${st.span_id}:${st.phase ?? ""}`).join("|");
+  const layout = useMemo(() => layoutPipeline(stages), [stageKey]);
   const superseded = useMemo(() => supersededStages(layout), [layout]);
   // What the user chose per stage; otherwise a stage shows a few cards, or is folded if superseded.
   const [chosen, setChosen] = useState<ReadonlyMap<string, View>>(new Map());
+  const [earlier, setEarlier] = useState(false);
   const grid = useRef<HTMLDivElement>(null);
   const viewOf = (id: string): View => chosen.get(id) ?? (superseded.has(id) ? "folded" : "cards");
 
@@ -235,15 +240,26 @@ export function Pipeline(props: Props) {
   }, [newest]);
 
   if (layout.boxes.length === 0) return <p class="empty">No phase has started yet.</p>;
+  // A run that recovered many times: its last attempts are drawn, the earlier ones behind a button.
+  const hidden = earlier ? 0 : Math.max(0, layout.rows - ROWS_SHOWN);
+  const boxes = hidden ? layout.boxes.filter((b) => b.row >= hidden) : layout.boxes;
   const wide = wideColumns(layout, (id) => model.childrenOf(id).length > 0);
   const template = wide.map((w) => (w ? "minmax(30rem, 2.5fr)" : "minmax(10rem, 1fr)")).join(" ");
-  const views = `${layout.boxes.map((b) => viewOf(b.id)).join()}:${[...props.highlighted].join()}:${props.selected ?? ""}`;
+  // What moves the stages: the layout, each stage's view and cards, what is highlighted; not each batch.
+  const shape = `${hidden}:${boxes.map((b) => `${viewOf(b.id)}${Math.min(CARDS_SHOWN, model.childrenOf(b.id).length)}`).join()}:${props.highlighted.size}:${props.selected ?? ""}`;
   return (
-    <div class="pipeline" ref={grid} style={{ gridTemplateColumns: template }}>
-      {layout.boxes.map((box) => (
-        <Stage box={box} model={model} props={props} chosen={viewOf(box.id)} onView={(v) => void choose(box.id, v)} key={box.id} />
-      ))}
-      <Edges layout={layout} grid={grid} version={`${version}:${views}`} />
-    </div>
+    <>
+      {hidden > 0 && (
+        <button type="button" class="link" onClick={() => setEarlier(true)}>
+          show {count(hidden)} earlier {hidden === 1 ? "attempt" : "attempts"}
+        </button>
+      )}
+      <div class="pipeline" ref={grid} style={{ gridTemplateColumns: template }}>
+        {boxes.map((box) => (
+          <Stage box={{ ...box, row: box.row - hidden }} model={model} props={props} chosen={viewOf(box.id)} onView={(v) => void choose(box.id, v)} key={box.id} />
+        ))}
+        <Edges layout={layout} grid={grid} version={shape} />
+      </div>
+    </>
   );
 }

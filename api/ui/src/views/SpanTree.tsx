@@ -1,11 +1,11 @@
 // The span tree: every span under its parent, collapsible, with expand and collapse all; flattened
 // into the rows that are open and virtualized, so 5,000 spans (or 50,000) scroll as fast as 50.
-import { useMemo, useState } from "preact/hooks";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { count } from "../format";
 import type { TaskModel } from "../model/task";
 import type { Span } from "../types";
 import { StateBadge } from "./common";
-import { VirtualList } from "./VirtualList";
+import { VirtualList, type VirtualListHandle } from "./VirtualList";
 
 const ROW = 28;
 
@@ -51,23 +51,35 @@ interface Props {
 }
 
 export function SpanTree({ model, version, attempt, selected, highlighted, onSelect, reveal }: Props) {
-  // Open by default: the roots and the stages; work items closed.
+  // Open by default: the roots (their children, the stages, show); stages and work items closed.
   const [open, setOpen] = useState<ReadonlySet<string>>(() => new Set(model.childrenOf(null).map((s) => s.span_id)));
   const [all, setAll] = useState(false);
-  const effective = useMemo(() => {
-    if (reveal === null) return open;
-    const withPath = new Set(open);
+  // A span to show (a deep link, a selection): its ancestors are opened once, and can be closed again.
+  useEffect(() => {
+    if (reveal === null) return;
+    const path: string[] = [];
     let span = model.spans.get(reveal);
     while (span?.parent_span_id) {
-      withPath.add(span.parent_span_id);
+      path.push(span.parent_span_id);
       span = model.spans.get(span.parent_span_id);
     }
-    return withPath;
-  }, [open, reveal, version]);
-  const rows = useMemo(() => flatten(model, effective, all), [version, effective, all]);
+    if (path.length > 0) setOpen((o) => (path.every((id) => o.has(id)) ? o : new Set([...o, ...path])));
+  }, [reveal, model.allSpans]);
+  const rows = useMemo(() => flatten(model, open, all), [version, open, all]);
+  const list = useRef<VirtualListHandle | null>(null);
+  const shown = useRef<string | null>(null); // the revealed span scrolled to, once
+  useEffect(() => {
+    if (reveal === null || shown.current === reveal) return;
+    const i = rows.findIndex((r) => r.span.span_id === reveal);
+    if (i >= 0) {
+      list.current?.scrollToIndex(i, "center");
+      shown.current = reveal;
+    }
+  }, [rows, reveal]);
 
   const toggle = (id: string) => {
-    const next = new Set(effective);
+    // Under "expand all" every span with children is open: start from that, then close this one.
+    const next = new Set(all ? [...model.spans.values()].filter((s) => model.childrenOf(s.span_id).length > 0).map((s) => s.span_id) : open);
     if (next.has(id)) next.delete(id);
     else next.add(id);
     setAll(false);
@@ -97,10 +109,11 @@ export function SpanTree({ model, version, attempt, selected, highlighted, onSel
         rowHeight={ROW}
         height="22rem"
         label="span tree"
+        handle={list}
         render={(i) => {
           const row = rows[i] as Row;
           const id = row.span.span_id;
-          const isOpen = all || effective.has(id);
+          const isOpen = all || open.has(id);
           return (
             <div
               class={`tree-row state-${row.span.state}${selected === id ? " selected" : ""}${highlighted.has(id) ? " hl" : ""}`}

@@ -1,32 +1,16 @@
 // The task list at `/`: newest activity first, filtered by status, phase and task id, paged with the
 // API's cursor, and live: the task list's feed pushes the summaries of tasks as they change.
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
-import { api } from "../api";
+import { api, segment } from "../api";
 import { ago, count, duration, parseTime } from "../format";
 import { type LiveState, TaskListStream } from "../live";
 import { PHASES } from "../model/lifecycle";
+import { type Filters, MAX_ROWS, latestOf, mergeTasks } from "../model/tasklist";
 import type { Status, TaskSummary } from "../types";
 import { LiveBadge, StatusBadge, useNow } from "./common";
 
 const STATUSES: (Status | "")[] = ["", "running", "failed", "succeeded"];
-
-interface Filters {
-  status: string;
-  phase: string;
-  q: string;
-}
-
-function matches(task: TaskSummary, f: Filters): boolean {
-  return (
-    (!f.status || task.status === f.status) &&
-    (!f.phase || task.current_phase === f.phase) &&
-    (!f.q || task.task_id.toLowerCase().includes(f.q.toLowerCase()))
-  );
-}
-
-function newer(a: TaskSummary, b: TaskSummary): number {
-  return a.last_at === b.last_at ? (a.task_id < b.task_id ? 1 : -1) : a.last_at < b.last_at ? 1 : -1;
-}
+const PAGE = 50;
 
 function readFilters(): Filters {
   const p = new URLSearchParams(location.search);
@@ -42,20 +26,24 @@ export function TaskList() {
   const [loading, setLoading] = useState(true);
   const filtersRef = useRef(filters);
   filtersRef.current = filters;
+  const generation = useRef(0); // each (re)load of the list; a page read for an older one is dropped
+  const pushed = useRef(new Map<string, TaskSummary>()); // what the feed pushed since the load began
   const now = useNow(1000);
 
   const load = async (f: Filters) => {
+    const gen = ++generation.current;
+    pushed.current = new Map();
     setLoading(true);
     try {
-      const page = await api.tasks({ limit: 50, status: f.status || null, phase: f.phase || null, q: f.q || null });
-      if (filtersRef.current !== f) return; // a newer filter asked meanwhile
-      setTasks(page.tasks);
+      const page = await api.tasks({ limit: PAGE, status: f.status || null, phase: f.phase || null, q: f.q || null });
+      if (gen !== generation.current) return; // a newer filter or resync asked meanwhile
+      setTasks(mergeTasks(page.tasks, pushed.current.values(), f));
       setCursor(page.next_cursor);
       setError(null);
     } catch (e) {
-      setError(String((e as Error).message));
+      if (gen === generation.current) setError(String((e as Error).message));
     } finally {
-      setLoading(false);
+      if (gen === generation.current) setLoading(false);
       document.body.dataset["ready"] = "1"; // the first page is in (tests and automation wait for it)
     }
   };
@@ -65,7 +53,8 @@ export function TaskList() {
     if (filters.status) q.set("status", filters.status);
     if (filters.phase) q.set("phase", filters.phase);
     if (filters.q) q.set("q", filters.q);
-    history.replaceState(null, "", q.size ? `/?${q}` : "/");
+    const query = q.toString();
+    history.replaceState(null, "", query ? `/?${query}` : "/");
     const timer = window.setTimeout(() => void load(filters), filters.q ? 250 : 0);
     return () => window.clearTimeout(timer);
   }, [filters]);
@@ -75,30 +64,27 @@ export function TaskList() {
       onState: setLive,
       onResync: () => void load(filtersRef.current),
       onTasks: (changed) => {
-        const f = filtersRef.current;
-        setTasks((current) => {
-          const byId = new Map(current.map((t) => [t.task_id, t]));
-          for (const raw of changed as TaskSummary[]) {
-            const known = byId.get(raw.task_id);
-            if (known !== undefined && known.latest_seq > raw.latest_seq) continue; // ours is newer
-            if (matches(raw, f)) byId.set(raw.task_id, raw);
-            else byId.delete(raw.task_id);
-          }
-          return [...byId.values()].sort(newer);
-        });
+        const summaries = changed as TaskSummary[];
+        for (const t of summaries) pushed.current.set(t.task_id, latestOf(pushed.current.get(t.task_id), t));
+        setTasks((current) => mergeTasks(current, summaries, filtersRef.current));
       },
     });
     stream.start();
     return () => stream.close();
   }, []);
 
+  // Rows beyond MAX_ROWS were dropped: the cursor no longer follows on from the last row shown.
+  const capped = tasks.length >= MAX_ROWS;
+
   const more = async () => {
     if (cursor === null) return;
     const f = filters;
-    const page = await api.tasks({ limit: 50, cursor, status: f.status || null, phase: f.phase || null, q: f.q || null });
+    const gen = generation.current;
+    const page = await api.tasks({ limit: PAGE, cursor, status: f.status || null, phase: f.phase || null, q: f.q || null });
+    if (gen !== generation.current) return; // the list was reloaded meanwhile: this page is not its
     setTasks((current) => {
       const seen = new Set(current.map((t) => t.task_id));
-      return [...current, ...page.tasks.filter((t) => !seen.has(t.task_id))];
+      return mergeTasks(current, page.tasks.filter((t) => !seen.has(t.task_id)), f);
     });
     setCursor(page.next_cursor);
   };
@@ -170,7 +156,7 @@ export function TaskList() {
                   <StatusBadge status={t.status} />
                 </td>
                 <td class="task-id">
-                  <a href={`/tasks/${encodeURIComponent(t.task_id)}`}>{t.task_id}</a>
+                  <a href={`/tasks/${segment(t.task_id)}`}>{t.task_id}</a>
                   {t.status === "failed" && t.exit_reason && <div class="reason">{t.exit_reason}</div>}
                 </td>
                 <td>{t.current_phase ?? "–"}</td>
@@ -185,11 +171,12 @@ export function TaskList() {
         </tbody>
       </table>
       {!loading && tasks.length === 0 && <p class="empty">No tasks{filters.status || filters.phase || filters.q ? " match these filters" : " yet: run `taskevents simulate`"}.</p>}
-      {cursor !== null && (
+      {cursor !== null && !capped && (
         <button type="button" class="more" onClick={() => void more()}>
           older tasks
         </button>
       )}
+      {capped && <p class="muted">The {count(MAX_ROWS)} most recently active are shown: filter to find others.</p>}
     </main>
   );
 }

@@ -4,6 +4,7 @@
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { HttpError, allSpans, api } from "../api";
 import { count, duration, parseTime } from "../format";
+import { EMPTY, type Win, high, low, replaced, withLive, withNewer, withOlder } from "../model/window";
 import { EventStream, type LiveState } from "../live";
 import { EVENT_TYPES } from "../model/lifecycle";
 import { activity } from "../model/nextstep";
@@ -20,8 +21,8 @@ import type { VirtualListHandle } from "./VirtualList";
 import { LiveBadge, StatusBadge, useNow } from "./common";
 
 const PAGE = 200; // events per page, scrolling back
-const MAX_WINDOW = 5_000; // events the timeline keeps in memory at once
 const LIMIT_RESULTS = 200;
+const MAX_QUERY = 200; // the API's limit on a search text
 
 interface Search {
   q: string;
@@ -34,6 +35,7 @@ interface Results {
   scannedTo: number;
   hasMore: boolean;
   loading: boolean;
+  error: string | null;
 }
 
 function readParams() {
@@ -46,7 +48,24 @@ function setParam(name: string, value: string | null): void {
   const p = new URLSearchParams(location.search);
   if (value === null) p.delete(name);
   else p.set(name, value);
-  history.replaceState(null, "", p.size ? `${location.pathname}?${p}` : location.pathname);
+  const query = p.toString(); // not p.size: Safari 16 and Chrome 112 lack it
+  history.replaceState(null, "", query ? `${location.pathname}?${query}` : location.pathname);
+}
+
+/** The run's duration, ticking while it runs (its own component: the page does not re-render each second). */
+function Duration({ from, to }: { from: number; to: number | null }) {
+  const now = useNow(1000);
+  return <span>{duration((to ?? now) - from)}</span>;
+}
+
+/** Keys act on the page, not on a control that has focus (Enter on a button is that button's). */
+function typing(target: EventTarget | null): boolean {
+  const el = target as HTMLElement | null;
+  return el !== null && (el.isContentEditable || ["INPUT", "SELECT", "TEXTAREA"].includes(el.tagName));
+}
+function onControl(target: EventTarget | null): boolean {
+  const el = target as HTMLElement | null;
+  return el !== null && el !== document.body && el.closest("button, a, [role='button'], summary") !== null;
 }
 
 export function TaskPage({ taskId }: { taskId: string }) {
@@ -55,14 +74,14 @@ export function TaskPage({ taskId }: { taskId: string }) {
   const [phase, setPhase] = useState<"loading" | "ready" | "missing" | "error">("loading");
   const [error, setError] = useState<string | null>(null);
   const [live, setLive] = useState<LiveState>("connecting");
-  const [win, setWin] = useState<TaskEvent[]>([]);
+  const [win, setWinState] = useState<Win>(EMPTY);
   const [following, setFollowing] = useState(true);
   const [unseen, setUnseen] = useState(0);
   const [selectedKey, setSelectedKey] = useState<string | null>(null);
   const [highlightSeq, setHighlightSeq] = useState<number | null>(null);
   const [selectedSpan, setSelectedSpan] = useState<string | null>(null);
   const [highlighted, setHighlighted] = useState<ReadonlySet<string>>(new Set());
-  const [folds, setFolds] = useState<ReadonlySet<string>>(new Set());
+  const [unfolded, setUnfolded] = useState<ReadonlySet<number>>(new Set());
   const [drawer, setDrawer] = useState(false);
   const [raw, setRaw] = useState<TaskEvent | null>(null);
   const [help, setHelp] = useState(false);
@@ -71,13 +90,24 @@ export function TaskPage({ taskId }: { taskId: string }) {
   const list = useRef<VirtualListHandle | null>(null);
   const searchBox = useRef<HTMLInputElement>(null);
   const winRef = useRef(win);
-  winRef.current = win;
   const followRef = useRef(following);
   followRef.current = following;
   const loadingOlder = useRef(false);
-  const now = useNow(1000);
+  const loadingNewer = useRef(false);
+  const searchGen = useRef(0);
+  const inbox = useRef<Promise<void>>(Promise.resolve()); // live batches, applied one after another
+  const backlog = useRef<TaskEvent[]>([]); // live events not applied yet (a gap read failed)
 
   const bump = () => setVersion((v) => v + 1);
+  /** Every change of the window goes through here: a function of the window as it is then. */
+  const setWin = (change: (w: Win) => Win) => {
+    setWinState((w) => {
+      const next = change(w);
+      winRef.current = next;
+      return next;
+    });
+  };
+  const unfold = (seq: number) => setUnfolded((u) => new Set([...u, seq]));
 
   // --- loading and the live stream -----------------------------------------------------------------
 
@@ -104,10 +134,15 @@ export function TaskPage({ taskId }: { taskId: string }) {
       const m = new TaskModel(overview);
       model.current = m;
       const { seq, span } = readParams();
-      setWin(overview.events);
+      setWin((w) => replaced(w, overview.events));
       setPhase("ready");
       document.title = `${taskId} · taskevents`;
-      stream = new EventStream(() => api.taskEventsStream(taskId, m.applied), { onState: setLive, onEvents: (events) => void receive(m, events) });
+      stream = new EventStream(() => api.taskEventsStream(taskId, m.applied), {
+        onState: setLive,
+        onEvents: (events) => {
+          inbox.current = inbox.current.then(() => receive(m, events));
+        },
+      });
       stream.start();
       if (seq !== null) void jumpTo(seq);
       if (span !== null) selectSpan(span, true);
@@ -126,68 +161,60 @@ export function TaskPage({ taskId }: { taskId: string }) {
     };
   }, [taskId]);
 
-  /** Live events: applied to the model in order (a gap read from the store first), and appended to
-   * the timeline if it shows the newest events. */
-  const receive = async (m: TaskModel, events: TaskEvent[]) => {
-    const before = m.applied;
+  /** Live events, one batch at a time: applied to the model in seq order (a gap read from the store
+   * first; if that read fails they wait for the next batch), then given to the timeline's window. */
+  const receive = async (m: TaskModel, batch: TaskEvent[]) => {
     const fresh: TaskEvent[] = [];
-    let pending = events.filter((e) => e.seq > m.applied);
+    let pending = [...backlog.current, ...batch].filter((e) => e.seq > m.applied);
+    backlog.current = [];
+    pending.sort((a, b) => a.seq - b.seq);
     while (pending.length > 0) {
       const at = m.applied;
       m.apply(pending);
       fresh.push(...pending.filter((e) => e.seq > at && e.seq <= m.applied));
       pending = pending.filter((e) => e.seq > m.applied);
-      if (pending.length > 0) {
-        // A gap (the stream resumed past what we had): read it from the store, then go on.
+      if (pending.length === 0) break;
+      // A gap (the stream resumed past what we had): read it from the store, then go on.
+      try {
         const page = await api.events(taskId, m.applied, Math.min(1000, (pending[0] as TaskEvent).seq - m.applied - 1));
-        const gapAt = m.applied;
-        m.apply(page.events);
-        fresh.push(...page.events.filter((e) => e.seq > gapAt && e.seq <= m.applied));
-        if (page.events.length === 0) break;
+        if (page.events.length === 0) throw new Error("the gap is not in the store yet");
+        pending = [...page.events, ...pending].filter((e) => e.seq > m.applied);
+      } catch {
+        backlog.current = pending;
+        break;
       }
     }
     if (fresh.length === 0) return;
-    const current = winRef.current;
-    const tail = current.length === 0 ? 0 : (current[current.length - 1] as TaskEvent).seq;
-    if (tail === before) {
-      let next = [...current, ...fresh];
-      if (followRef.current && next.length > MAX_WINDOW) next = next.slice(next.length - MAX_WINDOW);
-      setWin(next);
-    }
+    setWin((w) => withLive(w, fresh, followRef.current));
     if (!followRef.current) setUnseen((n) => n + fresh.length);
     bump();
   };
 
   const loadOlder = async () => {
-    const current = winRef.current;
-    const lo = current[0]?.seq ?? 1;
+    const w = winRef.current;
+    const lo = low(w);
     if (lo <= 1 || loadingOlder.current) return;
     loadingOlder.current = true;
     try {
       const since = Math.max(0, lo - 1 - PAGE);
       const page = await api.events(taskId, since, lo - 1 - since);
-      const older = page.events.filter((e) => e.seq < lo);
-      let next = [...older, ...winRef.current];
-      if (next.length > MAX_WINDOW) {
-        next = next.slice(0, MAX_WINDOW); // the newest go: read again when scrolled back down
-        setFollowing(false);
-      }
-      setWin(next);
       anchor.current = lo; // keep the event that was first where it was
+      setWin((now) => withOlder(now, page.events, w.epoch));
     } finally {
       loadingOlder.current = false;
     }
   };
 
   const loadNewer = async () => {
-    const m = model.current;
-    const current = winRef.current;
-    const hi = current[current.length - 1]?.seq ?? 0;
-    if (m === null || hi >= m.applied) return;
-    const page = await api.events(taskId, hi, PAGE);
-    let next = [...current, ...page.events.filter((e) => e.seq > hi)];
-    if (next.length > MAX_WINDOW) next = next.slice(next.length - MAX_WINDOW);
-    setWin(next);
+    const w = winRef.current;
+    if (loadingNewer.current) return;
+    loadingNewer.current = true;
+    try {
+      const page = await api.events(taskId, high(w), PAGE);
+      setWin((now) => withNewer(now, page.events, w.epoch));
+    } finally {
+      loadingNewer.current = false;
+    }
   };
 
   const jumpTo = async (seq: number) => {
@@ -195,7 +222,8 @@ export function TaskPage({ taskId }: { taskId: string }) {
     const page = await api.events(taskId, since, PAGE);
     setResults(null);
     setFollowing(false);
-    setWin(page.events);
+    setWin((w) => replaced(w, page.events));
+    unfold(seq); // an event inside a folded run is shown, not its fold
     setSelectedKey(`e:${seq}`);
     setHighlightSeq(seq);
     setParam("seq", String(seq));
@@ -205,21 +233,20 @@ export function TaskPage({ taskId }: { taskId: string }) {
   const followLatest = async () => {
     const m = model.current;
     if (m === null) return;
-    const since = Math.max(0, m.applied - PAGE);
-    const page = await api.events(taskId, since, PAGE);
-    setWin(page.events);
+    const page = await api.latest(taskId, PAGE);
+    setWin((w) => replaced(w, page.events));
     setFollowing(true);
     setUnseen(0);
     setHighlightSeq(null);
     setParam("seq", null);
   };
 
-  // First paint done: say so (tests and the UI benchmark wait for it).
+  // First paint done (or nothing to paint): say so (tests and the UI benchmark wait for it).
   useEffect(() => {
-    if (phase !== "ready") return;
+    if (phase === "loading") return;
     requestAnimationFrame(() => {
       document.body.dataset["ready"] = "1";
-      performance.mark("taskevents:ready");
+      if (phase === "ready") performance.mark("taskevents:ready");
     });
   }, [phase]);
 
@@ -246,8 +273,9 @@ export function TaskPage({ taskId }: { taskId: string }) {
     if (results !== null) {
       return results.events.map((e) => ({ kind: "event" as const, key: `e:${e.seq}`, event: e, line: describe(e, lookup) }));
     }
-    return timelineRows(win, stages, attemptOf, lookup, folds);
-  }, [win, stages, folds, results, version]);
+    return timelineRows(win.events, stages, attemptOf, lookup, unfolded);
+  }, [win, stages, unfolded, results, version]);
+  const selectable = useMemo(() => rows.filter((r) => r.kind !== "group"), [rows]);
 
   const anchor = useRef<number | null>(null);
   const centre = useRef<number | null>(null);
@@ -264,6 +292,8 @@ export function TaskPage({ taskId }: { taskId: string }) {
     } else if (following && results === null) {
       list.current?.scrollToIndex(rows.length - 1, "end");
     }
+    // Rows that do not fill the list (folded runs) cannot be scrolled back: read older ones now.
+    if (results === null && low(win) > 1 && list.current?.canScroll() === false) void loadOlder();
   }, [rows]);
 
   // --- selection and keys ---------------------------------------------------------------------------
@@ -283,10 +313,9 @@ export function TaskPage({ taskId }: { taskId: string }) {
     const spans = mm.spansOfWorkItems(items);
     setHighlighted(new Set(spans));
     const first = spans[0];
-    if (first) document.querySelector(`.pipeline [data-span-id="${CSS.escape(first)}"]`)?.scrollIntoView({ block: "nearest" });
+    if (first) window.setTimeout(() => document.querySelector(`.pipeline [data-span-id="${CSS.escape(first)}"]`)?.scrollIntoView({ block: "nearest" }), 50);
   };
 
-  const selectable = rows.filter((r) => r.kind !== "group");
   const move = (delta: number) => {
     if (selectable.length === 0) return;
     const at = selectable.findIndex((r) => r.key === selectedKey);
@@ -299,26 +328,28 @@ export function TaskPage({ taskId }: { taskId: string }) {
 
   useEffect(() => {
     const onKey = (e: KeyboardEvent) => {
-      const target = e.target as HTMLElement | null;
-      if (target && (target.tagName === "INPUT" || target.tagName === "SELECT" || target.tagName === "TEXTAREA")) {
-        if (e.key === "Escape") target.blur();
+      if (typing(e.target)) {
+        if (e.key === "Escape") (e.target as HTMLElement).blur();
         return;
       }
       if (e.metaKey || e.ctrlKey || e.altKey) return;
+      if (raw || help) {
+        // A dialog is open: the page behind it does not take keys (the dialog closes on Esc itself).
+        return;
+      }
       if (e.key === "j") move(1);
       else if (e.key === "k") move(-1);
       else if (e.key === "Enter") {
+        if (onControl(e.target)) return; // the focused button's or link's own Enter
         const row = rows.find((r) => r.key === selectedKey);
         if (row?.kind === "event") setRaw(row.event);
-        else if (row?.kind === "fold") setFolds(new Set([...folds, row.key]));
+        else if (row?.kind === "fold") unfold((row.events[0] as TaskEvent).seq);
         else return;
       } else if (e.key === "Escape") {
-        if (raw) setRaw(null);
-        else if (help) setHelp(false);
-        else if (drawer) setDrawer(false);
-        else if (results) setResults(null);
+        if (drawer) setDrawer(false);
+        else if (results) closeResults();
         else return;
-      } else if (e.key === "?") setHelp((h) => !h);
+      } else if (e.key === "?") setHelp(true);
       else if (e.key === "e") setDrawer((d) => !d);
       else if (e.key === "/") searchBox.current?.focus();
       else if (e.key === "g") void followLatest();
@@ -332,31 +363,43 @@ export function TaskPage({ taskId }: { taskId: string }) {
   // --- search within the run (the server's: the timeline is virtualized) --------------------------
 
   const runSearch = async (more = false) => {
+    const gen = ++searchGen.current; // a newer search, or leaving the results, wins over this one
     if (!search.q && !search.type && !search.failed) {
       setResults(null);
       return;
     }
     const before = more && results ? results.scannedTo : null;
-    setResults((r) => ({ events: more && r ? r.events : [], scannedTo: r?.scannedTo ?? 0, hasMore: false, loading: true }));
+    const kept = more && results ? results.events : [];
+    setResults({ events: kept, scannedTo: results?.scannedTo ?? 0, hasMore: false, loading: true, error: null });
     let found: TaskEvent[] = [];
     let scannedTo = before ?? 0;
     let hasMore = true;
     let cursor = before;
-    // Windows of the run until a page of matches is full or the run is searched to its start.
-    while (hasMore && found.length < LIMIT_RESULTS) {
-      const page = await api.find(taskId, {
-        q: search.q || undefined,
-        event_type: search.type ? [search.type] : undefined,
-        failed: search.failed,
-        before_seq: cursor,
-        limit: LIMIT_RESULTS - found.length,
-      });
-      found = [...found, ...page.events];
-      scannedTo = page.scanned_to;
-      hasMore = page.has_more;
-      cursor = page.scanned_to;
+    try {
+      // Windows of the run until a page of matches is full or the run is searched to its start.
+      while (hasMore && found.length < LIMIT_RESULTS) {
+        const page = await api.find(taskId, {
+          q: search.q || undefined,
+          event_type: search.type ? [search.type] : undefined,
+          failed: search.failed,
+          before_seq: cursor,
+          limit: LIMIT_RESULTS - found.length,
+        });
+        if (gen !== searchGen.current) return;
+        found = [...found, ...page.events];
+        scannedTo = page.scanned_to;
+        hasMore = page.has_more;
+        cursor = page.scanned_to;
+      }
+    } catch (e) {
+      if (gen === searchGen.current) setResults({ events: kept, scannedTo, hasMore, loading: false, error: String((e as Error).message) });
+      return;
     }
-    setResults((r) => ({ events: more && r ? [...r.events, ...found] : found, scannedTo, hasMore, loading: false }));
+    if (gen === searchGen.current) setResults({ events: [...kept, ...found], scannedTo, hasMore, loading: false, error: null });
+  };
+  const closeResults = () => {
+    searchGen.current += 1;
+    setResults(null);
   };
 
   // --- the page ------------------------------------------------------------------------------------
@@ -383,7 +426,7 @@ export function TaskPage({ taskId }: { taskId: string }) {
   const task = m.summary;
   const act = activity(m);
   const started = parseTime(task.first_at);
-  const ended = task.status === "running" ? now : parseTime(task.last_at);
+  const ended = task.status === "running" ? null : parseTime(task.last_at);
   const totals = stages.reduce(
     (acc, s) => {
       const c = m.countsOf(s.span_id);
@@ -405,7 +448,9 @@ export function TaskPage({ taskId }: { taskId: string }) {
           <span>
             phase <strong>{task.current_phase ?? "–"}</strong>
           </span>
-          <span title={`since ${task.first_at}`}>{duration(ended - started)}</span>
+          <span title={`since ${task.first_at}`}>
+            <Duration from={started} to={ended} />
+          </span>
           <span>{count(task.event_count)} events</span>
           <span>{count(m.allSpans ? m.spans.size : stages.length + totals.open)} spans</span>
           <span>{count(totals.open)} running</span>
@@ -448,6 +493,7 @@ export function TaskPage({ taskId }: { taskId: string }) {
                 ref={searchBox}
                 type="search"
                 placeholder="search in this run"
+                maxLength={MAX_QUERY}
                 aria-label="Search within the run"
                 value={search.q}
                 onInput={(e) => setSearch({ ...search, q: (e.currentTarget as HTMLInputElement).value })}
@@ -467,7 +513,7 @@ export function TaskPage({ taskId }: { taskId: string }) {
                 find
               </button>
               {results && (
-                <button type="button" class="link" onClick={() => setResults(null)}>
+                <button type="button" class="link" onClick={closeResults}>
                   back to the timeline
                 </button>
               )}
@@ -476,6 +522,12 @@ export function TaskPage({ taskId }: { taskId: string }) {
           {results && (
             <p class="muted" role="status">
               {results.loading ? "searching…" : `${count(results.events.length)} found, newest first${results.hasMore ? ` (searched down to seq ${results.scannedTo})` : " (the whole run)"}`}
+              {results.error && (
+                <span class="error" role="alert">
+                  {" "}
+                  {results.error}
+                </span>
+              )}
               {!results.loading && results.hasMore && (
                 <button type="button" class="link" onClick={() => void runSearch(true)}>
                   search older
@@ -494,11 +546,11 @@ export function TaskPage({ taskId }: { taskId: string }) {
               if (results && key.startsWith("e:")) void jumpTo(Number(key.slice(2)));
             }}
             onOpen={setRaw}
-            onExpand={(key) => setFolds(new Set([...folds, key]))}
+            onExpand={(seq) => unfold(seq)}
             onScroll={({ atTop, atBottom }) => {
               if (results) return;
               if (atTop) void loadOlder();
-              const hi = win[win.length - 1]?.seq ?? 0;
+              const hi = high(win);
               if (atBottom && hi < m.applied) void loadNewer();
               const tail = hi >= m.applied;
               if (atBottom && tail !== following) setFollowing(tail);

@@ -16,7 +16,7 @@ interface Props {
   list: RefObject<VirtualListHandle | null>;
   onSelect: (key: string) => void;
   onOpen: (event: TaskEvent) => void;
-  onExpand: (key: string) => void;
+  onExpand: (seq: number) => void; // a folded run's first seq: show its events
   onScroll: (state: { atTop: boolean; atBottom: boolean; first: number }) => void;
   label: string;
   height?: string;
@@ -51,7 +51,7 @@ export function Timeline({ rows, selectedKey, highlightSeq, list, onSelect, onOp
                 {first.seq}–{last.seq}
               </span>
               <span class="tl-time">{clock(last.created_at)}</span>
-              <button type="button" class="tl-text link" onClick={() => { onSelect(row.key); onExpand(row.key); }}>
+              <button type="button" class="tl-text link" onClick={() => { onSelect(row.key); onExpand(first.seq); }}>
                 {row.line.text}
               </button>
             </div>

@@ -7,6 +7,7 @@ import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
 export interface VirtualListHandle {
   scrollToIndex(index: number, align?: "start" | "center" | "end"): void;
   atBottom(): boolean;
+  canScroll(): boolean; // more rows than fit: a scroll event can happen
 }
 
 interface Props {
@@ -49,6 +50,10 @@ export function VirtualList({ count, rowHeight, height, render, overscan = 8, ha
       atBottom() {
         const el = box.current;
         return el === null || el.scrollHeight - el.scrollTop - el.clientHeight < rowHeight * 2;
+      },
+      canScroll() {
+        const el = box.current;
+        return el !== null && count * rowHeight > el.clientHeight + 1;
       },
     };
   });
