@@ -72,7 +72,7 @@ test("work_item_start, progress and complete: the item by its id and type", () =
   assert.equal(item("work_item_progress", { work_item_id: "item-3", progress: { current: 4, total: 10 } }).text, "item-3 (lint) at 4/10");
   assert.equal(item("work_item_progress", { work_item_id: "item-3" }).text, "item-3 (lint) at ?");
   assert.deepEqual(item("work_item_complete", { work_item_id: "item-3", work_type: "lint", explanation: "done" }), {
-    text: "item-3 (lint) done — done",
+    text: "item-3 (lint) done", // its explanation, "done", only repeats the line
     tone: "ok",
   });
 });
@@ -174,7 +174,7 @@ test("progressText gives nothing for what is not progress", () => {
 
 test("markup, unicode and very long text in a payload come back as the same text", () => {
   for (const s of HOSTILE) {
-    assert.equal(item("work_item_failed", { work_item_id: s, work_type: s, error_code: s, explanation: s }).text, `${s} (${s}) failed: ${s} — ${s}`);
+    assert.equal(item("work_item_failed", { work_item_id: s, work_type: s, error_code: s, explanation: `why ${s}` }).text, `${s} (${s}) failed: ${s} — why ${s}`);
     assert.equal(say("checkpoint_commit", { checkpoint_id: s, checkpoint_type: s }).text, `checkpoint ${s} (${s}) committed`);
     assert.equal(say("evidence_linked", { evidence_id: s, checkpoint_id: s }).text, `evidence ${s} linked to checkpoint ${s}`);
     assert.equal(say("recovery_initiated", { reason: s }).text, `recovery started: ${s}`);
@@ -194,4 +194,13 @@ test("a work item's span with hostile names is named as written", () => {
   const s = HOSTILE[0] as string;
   const spans = new Map([["wi-x", itemSpan("wi-x", "exec", 20, { work_item_id: s, work_type: HOSTILE[3] as string })]]);
   assert.equal(line(itemEvent(40, "work_item_complete", "wi-x", "exec", {}), (id) => spans.get(id)).text, `${s} (${HOSTILE[3]}) done`);
+});
+
+test("an explanation that repeats the line's last word is not repeated", async () => {
+  const { describe } = await import("../src/model/narrative");
+  const { itemEvent } = await import("./helpers");
+  const done = itemEvent(9, "work_item_complete", "w1", "s1", { work_item_id: "item-1", work_type: "lint", explanation: "done" });
+  assert.equal(describe(done, () => undefined).text, "item-1 (lint) done");
+  const more = itemEvent(9, "work_item_complete", "w1", "s1", { work_item_id: "item-1", work_type: "lint", explanation: "3 files" });
+  assert.equal(describe(more, () => undefined).text, "item-1 (lint) done — 3 files");
 });

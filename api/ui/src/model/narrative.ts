@@ -32,7 +32,10 @@ export function itemLabel(event: TaskEvent, lookup: SpanLookup): string {
 
 function withWhy(line: string, event: TaskEvent): string {
   const why = text(event.payload["explanation"]);
-  return why ? `${line} — ${why}` : line;
+  // An explanation that only repeats the line's last word ("done — done") adds nothing.
+  if (!why) return line;
+  if (why.trim().toLowerCase() === (line.split(" ").at(-1) ?? "").toLowerCase()) return line;
+  return `${line} — ${why}`;
 }
 
 function count(value: Json | undefined, noun: string): string | null {

@@ -134,7 +134,7 @@ export function SpanTree({ model, version, attempt, selected, highlighted, onSel
               </button>
               <StateBadge state={row.span.state} />
               <span class="muted tree-count">
-                {row.children > 0 ? `${count(row.children)} children · ` : ""}
+                {row.children > 0 ? `${count(row.children)} ${row.children === 1 ? "child" : "children"} · ` : ""}
                 {count(row.span.event_count)} events
               </span>
             </div>
