@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
+from pydantic import BeforeValidator
 
 from taskevents.api import reads
 from taskevents.api.cursor import decode_cursor
@@ -47,6 +48,21 @@ SinceSeq = Annotated[
     Query(ge=0, le=MAX_SEQ, description="Return events with a greater seq (exclusive); 0: from the start."),
 ]
 
+
+def _iso_only(value: object) -> object:
+    """Pydantic reads a number as seconds since the epoch; the schema (and the docs) promise ISO 8601
+    text, so `since=0.0` is a 400, not the year 1970."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("expected an ISO 8601 instant (e.g. 2026-12-01T10:00:00Z), not a number")
+    return value
+
+
+Instant = Annotated[datetime, BeforeValidator(_iso_only)]
+
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
 
@@ -68,11 +84,11 @@ async def list_tasks(
         Query(min_length=1, max_length=128, description="Only tasks whose id contains this (any case)."),
     ] = None,
     since: Annotated[
-        datetime | None,
+        Instant | None,
         Query(description="Only tasks active at or after this instant (ISO 8601; UTC if naive)."),
     ] = None,
     until: Annotated[
-        datetime | None,
+        Instant | None,
         Query(description="Only tasks last active before this instant (ISO 8601; UTC if naive)."),
     ] = None,
 ) -> Response:

@@ -71,6 +71,10 @@ BAD_PARAMETERS = [
     ("/api/tasks?limit=501", "limit"),
     ("/api/tasks?status=done", "status"),
     ("/api/tasks?cursor=%%%", "cursor"),
+    ("/api/tasks?since=0.0", "since"),  # a number is not an instant, though pydantic would read one
+    ("/api/tasks?since=1700000000", "since"),
+    ("/api/tasks?until=-1e3", "until"),
+    ("/api/tasks?since=yesterday", "since"),
 ]
 
 
