@@ -161,6 +161,11 @@ return 1
 )
 
 
+# hiredis keeps a reply's read buffer, as big as the reply, until its connection next reads; a pooled
+# connection may sit idle for long. After a reply this big, idle connections are closed to free it.
+BIG_REPLY_BYTES = 16 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A batch taken from the queue: which slot holds it, its id, and its elements in queue order."""
@@ -222,7 +227,14 @@ class WorkQueue:
         other = k.processing((slot + 1) % SLOTS)  # the one other slot (SLOTS is 2)
         keys = [k.queue, k.processing(slot), k.processing_batch(slot), k.processing_attempts(slot), other]
         items = self._claim(keys, [max_items, batch_id])
-        return Claim(slot, batch_id, list(items)) if items else None
+        if not items:
+            return None
+        self._let_go_of_big_reply(items)
+        return Claim(slot, batch_id, list(items))
+
+    def _let_go_of_big_reply(self, items: Sequence[bytes]) -> None:
+        if sum(map(len, items)) >= BIG_REPLY_BYTES:
+            self._redis.connection_pool.disconnect(inuse_connections=False)
 
     def wait(self, timeout: float) -> bool:
         """Block until the queue has an event or `timeout` passes; the queue is left as it was.
@@ -243,6 +255,7 @@ class WorkQueue:
             pipe.lrange(self.keys.processing(slot), 0, -1)
             pipe.get(self.keys.processing_attempts(slot))
         replies = pipe.execute()
+        self._let_go_of_big_reply([item for items in replies[1::3] for item in items])
         return [
             InFlight(
                 slot,

@@ -16,6 +16,8 @@ import redis
 
 from taskevents.event import max_element_bytes
 from taskevents.ingest.deadletters import HEAD_BYTES, DeadLetters
+from taskevents.ingest.lease import Lease
+from taskevents.ingest.queue import WorkQueue
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 from tests.helpers import rows, start_worker, wait_for
@@ -216,3 +218,25 @@ def test_a_too_large_element_is_refused_before_it_is_parsed() -> None:
     with pytest.raises(BadEvent) as caught:
         decode(element, LIMIT)
     assert caught.value.code == "payload_too_large"
+
+
+def test_a_huge_claim_leaves_no_buffer_of_its_size_in_an_idle_connection(
+    settings: Settings, client: redis.Redis
+) -> None:
+    """hiredis keeps a reply's read buffer until its connection reads again; a pooled connection that the
+    worker does not use next would hold a 100 MB element's buffer for as long as it idles."""
+    keys = QueueKeys(settings.queue)
+    own = redis.Redis.from_url(settings.redis_url)  # a pool of its own, as the worker has
+    lease = Lease(own, keys, 60_000)
+    assert lease.try_acquire()
+    queue = WorkQueue(own, keys, lease)
+    process = psutil.Process()
+    client.rpush(settings.queue, b"x" * (60 * MB))
+    before = process.memory_info().rss
+    claim = queue.claim(10, 1)
+    assert claim is not None and len(claim.items[0]) == 60 * MB
+    del claim
+    # Nothing else reads on that connection: without the fix it idles in the pool with a 60 MB buffer.
+    assert process.memory_info().rss - before < 20 * MB
+    assert own.ping()  # the pool opens a fresh connection when next needed
+    lease.release()
