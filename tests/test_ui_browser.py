@@ -330,17 +330,21 @@ def test_the_keys_move_open_and_close(stack: UiStack, page: Watched) -> None:
     run.evidence("executing", 5)
     stack.stored(run.task, run.count)
     page.open(f"{stack.url}/tasks/{run.task}")
+    page.page.wait_for_selector(f".timeline [data-seq='{run.count}']")
 
-    def selected() -> str | None:
-        return page.page.get_attribute(".timeline .tl-row.selected", "data-seq")
+    def selected(seq: int) -> None:
+        """The row the keys selected; a key's render lands after the press returns, so wait for it."""
+        page.page.wait_for_selector(f".timeline .tl-row.selected[data-seq='{seq}']", timeout=5000)
+        assert page.page.locator(".timeline .tl-row.selected").count() == 1
 
     page.page.keyboard.press("k")  # from nothing selected: the newest
-    assert selected() == str(run.count)
+    selected(run.count)
     page.page.keyboard.press("k")
+    selected(run.count - 1)
     page.page.keyboard.press("k")
-    assert selected() == str(run.count - 2)
+    selected(run.count - 2)
     page.page.keyboard.press("j")
-    assert selected() == str(run.count - 1)
+    selected(run.count - 1)
     page.page.keyboard.press("Enter")
     dialog = page.page.locator("[role='dialog']")
     dialog.wait_for()
@@ -447,7 +451,9 @@ def test_keys_leave_focused_controls_and_open_dialogs_alone(stack: UiStack, page
     run.evidence("executing", 5)
     stack.stored(run.task, run.count)
     page.open(f"{stack.url}/tasks/{run.task}")
+    page.page.wait_for_selector(f".timeline [data-seq='{run.count}']")
     page.page.keyboard.press("k")
+    page.page.wait_for_selector(f".timeline .tl-row.selected[data-seq='{run.count}']")
     page.page.focus("button:has-text('evidence (0)')")
     page.page.keyboard.press("Enter")  # the button's own Enter: the drawer, not the raw JSON
     page.page.wait_for_selector(".drawer")
@@ -456,9 +462,9 @@ def test_keys_leave_focused_controls_and_open_dialogs_alone(stack: UiStack, page
     page.page.wait_for_selector(".drawer", state="detached")
     page.page.keyboard.press("?")
     page.page.wait_for_selector("[role='dialog']")
-    before = page.page.get_attribute(".timeline .tl-row.selected", "data-seq")
     page.page.keyboard.press("k")  # the page behind the dialog takes no keys
-    assert page.page.get_attribute(".timeline .tl-row.selected", "data-seq") == before
+    page.page.wait_for_timeout(300)  # a render the key would cause lands well within this
+    assert page.page.get_attribute(".timeline .tl-row.selected", "data-seq") == str(run.count)
     for _ in range(4):
         page.page.keyboard.press("Tab")  # focus stays in the dialog
     assert page.page.evaluate("document.activeElement.closest('dialog') !== null")
