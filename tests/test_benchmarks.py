@@ -1,4 +1,5 @@
-"""The benchmark scripts run: --help, and the read-API benchmark's --quick smoke run (a few seconds)."""
+"""The benchmark scripts run: --help, the read-API benchmark's --quick smoke run (a few seconds), the UI
+benchmark's and the screenshots' (in Chromium, on private stacks)."""
 
 import subprocess
 import sys
@@ -61,3 +62,37 @@ def test_api_bench_quick_http_against_datasette(tmp_path: Path) -> None:
         assert http[name]["requests_per_s"] > 0
         assert all(r["ok"] == r["requests"] for r in http[name]["runs"])
     assert "HTTP: API / Datasette" in table
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_ui_bench_quick_opens_each_run_and_meets_its_bounds(tmp_path: Path) -> None:
+    """The UI benchmark's smoke run against its own private stack: every visit ready, its newest event
+    shown, older pages read while scrolling back, the DOM bounded, nothing thrown in the page."""
+    output = tmp_path / "ui.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ui_bench.py"), "--quick", "--output", str(output)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = orjson.loads(output.read_bytes())
+    visits = [v for rep in results["visits"].values() for v in rep]
+    assert len(visits) == 2
+    for v in visits:
+        assert v["ready_ms"] is not None and v["newest_painted_ms"] is not None
+        assert v["pages_loaded"] >= 1 and v["scroll_stalled_at"] is None
+        assert v["elements_scrolled"] < 5000 and v["page_errors"] == 0, v["page_error_texts"]
+        assert v["click_expand_all_ms"] is not None and v["search_failed_ms"] is not None
+    assert "| **ready**" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_screenshots_are_remade(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "screenshots.py"), "--tasks", "8", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("task-list.png", "task-page.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
