@@ -10,8 +10,11 @@ it to ~200 MiB over a 200,000-event ingest (tests/test_reliability_api_wal.py).
 Past `limit` bytes the writer runs a TRUNCATE checkpoint instead. It waits (at most `wait_ms`) for the
 readers of older snapshots to finish; readers that start meanwhile read the database file and do not
 hold it up, so under the API's short reads it completes in milliseconds and empties the WAL. If a
-reader holds one snapshot for longer (an external `sqlite3` shell left in a transaction), the writer
-logs it and goes on committing; it tries again once the WAL has grown by another `limit`.
+reader holds one snapshot for longer, the writer logs it and goes on committing, and tries again
+once the WAL has grown by a step: limit/16 at first, doubling with each attempt that fails, up to
+`limit`. A read that ran long (a graph of 5,000 spans while the machine is saturated) is over by the
+next attempt, so the WAL stays within about limit + limit/16; a reader that never lets go (an
+external `sqlite3` shell left in a transaction) costs one wait per step, soon one per `limit`.
 """
 
 import logging
@@ -35,6 +38,7 @@ class WalCap:
         path = conn.execute("PRAGMA database_list").fetchone()[2]
         self._wal = Path(path + "-wal") if path else None  # an in-memory store has no WAL
         self._threshold = limit
+        self._step = limit // 16  # growth before the next attempt, after one that failed
         self.forced = 0  # checkpoints forced so far (tests, logs)
 
     def after_commit(self) -> None:
@@ -49,7 +53,8 @@ class WalCap:
         self.forced += 1
         busy = self._truncate()
         if busy:
-            self._threshold = size + self.limit
+            self._threshold = size + self._step
+            self._step = min(self._step * 2, self.limit)
             log.warning(
                 "WAL at %.0f MiB: a reader has held one snapshot for over %d ms, so no checkpoint can "
                 "finish; committing on, next attempt at %.0f MiB",
@@ -58,7 +63,7 @@ class WalCap:
                 self._threshold / MiB,
             )
         else:
-            self._threshold = self.limit
+            self._threshold, self._step = self.limit, self.limit // 16
             log.info(
                 "WAL at %.0f MiB (readers overlapping without a pause): checkpointed, emptied", size / MiB
             )

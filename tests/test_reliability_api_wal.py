@@ -234,11 +234,11 @@ def test_the_cap_empties_the_wal_once_it_is_past_the_limit(tmp_path: Path) -> No
     conn.close()
 
 
-def test_a_reader_holding_a_snapshot_costs_the_writer_one_wait_per_limit_not_one_per_commit(
+def test_a_reader_holding_a_snapshot_costs_the_writer_a_wait_per_growing_step_not_one_per_commit(
     tmp_path: Path,
 ) -> None:
     conn = _wal_store(tmp_path / "s.db")
-    cap = WalCap(conn, limit=2 * MiB, wait_ms=200)
+    cap = WalCap(conn, limit=2 * MiB, wait_ms=200)  # steps after a failed attempt: 128, 256, 512 KiB…
     holder = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
     holder.execute("BEGIN")
     holder.execute("SELECT count(*) FROM t").fetchone()
@@ -247,14 +247,21 @@ def test_a_reader_holding_a_snapshot_costs_the_writer_one_wait_per_limit_not_one
     cap.after_commit()
     assert cap.forced == 1 and time.monotonic() - started >= 0.2  # waited, then gave up
     assert _wal_size(tmp_path / "s.db") > 2 * MiB
-    _write(conn, 1)
+    conn.execute("INSERT INTO t VALUES (randomblob(65536))")  # 64 KiB: less than a step
     started = time.monotonic()
-    cap.after_commit()  # the next commit does not wait again: not before another limit's worth
+    cap.after_commit()  # the next commit does not wait again
     assert cap.forced == 1 and time.monotonic() - started < 0.1
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_MS  # restored
+    _write(conn, 1)
+    cap.after_commit()  # a step further: tried again (a long read would be over by now), still held
+    assert cap.forced == 2 and _wal_size(tmp_path / "s.db") > 2 * MiB
+    conn.execute("INSERT INTO t VALUES (randomblob(65536))")
+    conn.execute("INSERT INTO t VALUES (randomblob(65536))")
+    cap.after_commit()  # 128 KiB more: under the doubled step (256 KiB), not tried
+    assert cap.forced == 2
     holder.execute("COMMIT")
-    _write(conn, 2)
-    cap.after_commit()  # past 3 + 2 MiB: tried again, and now it finishes
-    assert cap.forced == 2 and _wal_size(tmp_path / "s.db") == 0
+    _write(conn, 1)
+    cap.after_commit()  # past the step: tried again, and now it finishes
+    assert cap.forced == 3 and _wal_size(tmp_path / "s.db") == 0
     holder.close()
     conn.close()
