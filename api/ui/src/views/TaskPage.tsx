@@ -95,6 +95,7 @@ export function TaskPage({ taskId }: { taskId: string }) {
   const loadingOlder = useRef(false);
   const loadingNewer = useRef(false);
   const searchGen = useRef(0);
+  const onKeyRef = useRef<(e: KeyboardEvent) => void>(() => undefined);
   const inbox = useRef<Promise<void>>(Promise.resolve()); // live batches, applied one after another
   const backlog = useRef<TaskEvent[]>([]); // live events not applied yet (a gap read failed)
 
@@ -326,39 +327,43 @@ export function TaskPage({ taskId }: { taskId: string }) {
     list.current?.scrollToIndex(i, "center");
   };
 
-  useEffect(() => {
-    const onKey = (e: KeyboardEvent) => {
-      if (typing(e.target)) {
-        if (e.key === "Escape") (e.target as HTMLElement).blur();
-        return;
-      }
-      if (e.metaKey || e.ctrlKey || e.altKey) return;
-      if (raw || help) {
-        // A dialog is open: the page behind it does not take keys (the dialog closes on Esc itself).
-        return;
-      }
-      if (e.key === "j") move(1);
-      else if (e.key === "k") move(-1);
-      else if (e.key === "Enter") {
-        if (onControl(e.target)) return; // the focused button's or link's own Enter
-        const row = rows.find((r) => r.key === selectedKey);
-        if (row?.kind === "event") setRaw(row.event);
-        else if (row?.kind === "fold") unfold((row.events[0] as TaskEvent).seq);
-        else return;
-      } else if (e.key === "Escape") {
-        if (drawer) setDrawer(false);
-        else if (results) closeResults();
-        else return;
-      } else if (e.key === "?") setHelp(true);
-      else if (e.key === "e") setDrawer((d) => !d);
-      else if (e.key === "/") searchBox.current?.focus();
-      else if (e.key === "g") void followLatest();
+  // The handler is this render's (it reads this render's state), called through a ref by one listener
+  // added once: a listener re-added by an effect would run a render late, and a key pressed just after
+  // a dialog closed would still see it open.
+  onKeyRef.current = (e: KeyboardEvent) => {
+    if (typing(e.target)) {
+      if (e.key === "Escape") (e.target as HTMLElement).blur();
+      return;
+    }
+    if (e.metaKey || e.ctrlKey || e.altKey) return;
+    if (raw || help) {
+      // A dialog is open: the page behind it does not take keys (the dialog closes on Esc itself).
+      return;
+    }
+    if (e.key === "j") move(1);
+    else if (e.key === "k") move(-1);
+    else if (e.key === "Enter") {
+      if (onControl(e.target)) return; // the focused button's or link's own Enter
+      const row = rows.find((r) => r.key === selectedKey);
+      if (row?.kind === "event") setRaw(row.event);
+      else if (row?.kind === "fold") unfold((row.events[0] as TaskEvent).seq);
       else return;
-      e.preventDefault();
-    };
+    } else if (e.key === "Escape") {
+      if (drawer) setDrawer(false);
+      else if (results) closeResults();
+      else return;
+    } else if (e.key === "?") setHelp(true);
+    else if (e.key === "e") setDrawer((d) => !d);
+    else if (e.key === "/") searchBox.current?.focus();
+    else if (e.key === "g") void followLatest();
+    else return;
+    e.preventDefault();
+  };
+  useEffect(() => {
+    const onKey = (e: KeyboardEvent) => onKeyRef.current(e);
     window.addEventListener("keydown", onKey);
     return () => window.removeEventListener("keydown", onKey);
-  });
+  }, []);
 
   // --- search within the run (the server's: the timeline is virtualized) --------------------------
 
