@@ -13,7 +13,7 @@ import yaml
 
 from taskevents import Emitter
 from taskevents.ingest.localredis import RedisServer, answers, free_port
-from tests.helpers import rows, wait_for
+from tests.helpers import stored_count, wait_for
 from tests.test_deploy_files import healthcheck_argv
 
 pytestmark = [pytest.mark.redis_server, pytest.mark.honcho, pytest.mark.slow]
@@ -50,7 +50,7 @@ def test_the_procfile_brings_up_redis_the_worker_and_the_api(tmp_path: Path) -> 
         emitter.emit("procfile", "runner_spawn", span_id="r", actor="runner")
         assert emitter.close(10)
         db = tmp_path / "events.db"
-        wait_for(lambda: db.exists() and rows(db, "SELECT count(*) FROM task_events")[0][0] == 1, timeout=30)
+        wait_for(lambda: stored_count(db) == 1, timeout=30)  # 0 until the schema exists
         assert (tmp_path / "local-redis").is_dir()  # the bundled Redis keeps its append-only file there
         wait_for(lambda: api_answers(f"{api}/api/ready"), timeout=30)
         body = httpx.get(f"{api}/api/tasks/procfile/events", timeout=5).json()

@@ -242,9 +242,7 @@ def test_an_idle_worker_wakes_for_new_events(settings: Settings, client: redis.R
         emitter = Emitter.from_settings(settings)
         emitter.emit("late", "runner_spawn", span_id="r", actor="runner")
         assert emitter.close(5)
-        wait_for(
-            lambda: settings.db.exists() and rows(settings.db, "SELECT count(*) FROM task_events")[0][0] == 1
-        )
+        wait_for(lambda: stored_count(settings.db) == 1)
     finally:
         proc.terminate()
         proc.wait(15)
