@@ -20,6 +20,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
 
 from taskevents.api import health, stream, tasks
+from taskevents.api.archived import ArchivedReads
 from taskevents.api.deps import ReadRunner
 from taskevents.api.errors import install_error_handlers
 from taskevents.api.metrics import MetricsMiddleware, RequestMetrics, WorkerCollector, metrics_router
@@ -68,6 +69,8 @@ def create_app(
     # The event loop's own connection, for the short reads endpoints make inline (api/tasks.py): the
     # loop runs one read at a time, so it never waits for a connection the pool's threads hold.
     app.state.loop_store = ReadStore(settings.db, size=1, timeout=settings.query_timeout)
+    app.state.archives = ArchivedReads(settings.archive_dir)
+    app.state.store.archives = app.state.loop_store.archives = app.state.archives
     app.state.reads = ReadRunner(app.state.loop_store, app.state.store)
     app.state.redis = redis_client(settings)
     app.state.registry = CollectorRegistry(auto_describe=False)

@@ -15,6 +15,7 @@ from taskevents.settings import Settings
         "db",
         "redis_url",
         "queue",
+        "archive_dir",
         "api_host",
         "api_port",
         "query_timeout",

@@ -6,8 +6,10 @@
 | 404 | `task_not_found` | no event of that task is stored |
 | 404 | `not_found` | no such path |
 | 405 | `method_not_allowed` | the path exists, the method does not |
+| 410 | `archive_missing` | the task is archived and its archive file is gone |
 | 503 | `store_unavailable` | the SQLite file is missing, not initialised yet, or unreadable |
 | 503 | `query_timeout` | a read ran past TASKEVENTS_QUERY_TIMEOUT and was stopped |
+| 503 | `archive_unreadable` | the task is archived and its archive cannot be read (corrupt, not its own) |
 | 500 | `internal_error` | a bug (never caused by client input) |
 """
 

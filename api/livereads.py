@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from taskevents.api.queries import EVENT_JSON
+from taskevents.api.queries import ARCHIVED, EVENT_JSON
+from taskevents.api.store import TaskArchived
 
 _AFTER = f"""
 SELECT e.seq, e.event_type, {EVENT_JSON}
@@ -48,7 +49,11 @@ class Head:
 
 
 def events_after(conn: sqlite3.Connection, task_id: str, after_seq: int, limit: int) -> list[Row]:
-    """Up to `limit` events of the task with seq > `after_seq`, in seq order."""
+    """Up to `limit` events of the task with seq > `after_seq`, in seq order. TaskArchived if they are
+    in its archive (the read is then run there: a stream of an archived task replays it and ends)."""
+    archived = conn.execute(ARCHIVED, (task_id,)).fetchone()
+    if archived is not None and archived[0] == 1:
+        raise TaskArchived(task_id)
     return conn.execute(_AFTER, (task_id, after_seq, limit)).fetchall()
 
 

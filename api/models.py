@@ -104,6 +104,9 @@ class Snapshot(BaseModel):
         description="Last phase any event of the task had: a heartbeat or runner_exit does not blank it."
     )
     status: TaskStatus
+    archived: bool = Field(
+        False, description="Its events are in its archive (retention); every read answers from there."
+    )
     active_spans: list[str] = Field(
         description="Ids of the open spans of the whole task, whatever the window, in the order they opened "
         "(the original's shape)."
@@ -123,6 +126,9 @@ class TaskSummary(BaseModel):
         None, description="Why its run ended (the runner_exit's explanation, error code or outcome)."
     )
     failed_items: int = Field(0, description="Its spans whose latest state is `failed` (work items, mostly).")
+    archived: bool = Field(
+        False, description="Its events are in its archive (retention); every read answers from there."
+    )
 
 
 class SpanCounts(BaseModel):

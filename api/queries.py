@@ -66,7 +66,9 @@ SPAN_JSON: Final = _json_object(*_SPAN_PAIRS)
 # A graph node: a span plus its first event's payload.
 NODE_JSON: Final = _json_object(*_SPAN_PAIRS[:5], ("payload", "json(e.payload)"), *_SPAN_PAIRS[5:])
 
-# failed_items: the task's work item spans that failed (the partial index idx_spans_failed).
+# failed_items: the task's work item spans that failed (the partial index idx_spans_failed); an
+# archived task's spans are in its archive, so its row keeps the count. archived: 1 in the store, 2
+# in a loaded archive (api/archived.py).
 TASK_JSON: Final = _json_object(
     ("task_id", "task_id"),
     ("latest_seq", "latest_seq"),
@@ -78,12 +80,15 @@ TASK_JSON: Final = _json_object(
     ("exit_reason", "exit_reason"),
     (
         "failed_items",
-        "(SELECT count(*) FROM spans AS f INDEXED BY idx_spans_failed"
-        " WHERE f.task_id = tasks.task_id AND f.state = 'failed')",
+        "CASE WHEN tasks.archived = 1 THEN tasks.archived_failed ELSE"
+        " (SELECT count(*) FROM spans AS f INDEXED BY idx_spans_failed"
+        " WHERE f.task_id = tasks.task_id AND f.state = 'failed') END",
     ),
+    ("archived", "json(CASE WHEN tasks.archived THEN 'true' ELSE 'false' END)"),
 )
 
-TASK: Final = "SELECT latest_seq, event_count, current_phase, status FROM tasks WHERE task_id = ?"
+TASK: Final = "SELECT latest_seq, event_count, current_phase, status, archived FROM tasks WHERE task_id = ?"
+ARCHIVED: Final = "SELECT archived FROM tasks WHERE task_id = ?"
 
 # (seq, event JSON) rows. Pages ask for limit + 1 rows: the extra one only says whether more exist.
 EVENTS_AFTER: Final = f"""
@@ -132,6 +137,7 @@ TASK_FILTERS: Final = {
     "q": "instr(lower(task_id), lower(?)) > 0",
     "since": "last_at >= ?",
     "until": "last_at < ?",
+    "archived": "(archived != 0) = ?",
     "after": "(last_at, task_id) < (?, ?)",
 }
 

@@ -15,6 +15,7 @@ import orjson
 from taskevents.api import queries as q
 from taskevents.api.cursor import encode_cursor
 from taskevents.api.errors import TaskNotFound
+from taskevents.api.store import TaskArchived
 
 
 class TaskRow(NamedTuple):
@@ -22,14 +23,19 @@ class TaskRow(NamedTuple):
     event_count: int
     current_phase: str | None
     status: str
+    archived: int  # 0 in the store, 1 archived, 2 read from its archive (api/archived.py)
 
 
 def task_row(conn: sqlite3.Connection, task_id: str) -> TaskRow:
-    """The task's summary row; TaskNotFound if the store has no event of it."""
+    """The task's summary row; TaskNotFound if the store has no event of it, TaskArchived if its events
+    are in its archive (the read is then run again on the archive). Every task read starts here."""
     row = conn.execute(q.TASK, (task_id,)).fetchone()
     if row is None:
         raise TaskNotFound(task_id)
-    return TaskRow(*row)
+    task = TaskRow(*row)
+    if task.archived == 1:
+        raise TaskArchived(task_id)
+    return task
 
 
 def _bool(value: bool) -> str:
@@ -101,7 +107,8 @@ def snapshot(conn: sqlite3.Connection, task_id: str, limit: int) -> bytes:
         f'{{"task_id":{orjson.dumps(task_id).decode()},"events":[{events}],'
         f'"total_events":{task.event_count},"latest_seq":{task.latest_seq},'
         f'"current_phase":{orjson.dumps(task.current_phase).decode()},'
-        f'"status":{orjson.dumps(task.status).decode()},"active_spans":{ids},'
+        f'"status":{orjson.dumps(task.status).decode()},"archived":{_bool(task.archived != 0)},'
+        f'"active_spans":{ids},'
         f'"active_span_details":[{details}]}}'
     ).encode()
 
@@ -156,6 +163,7 @@ def overview(conn: sqlite3.Connection, task_id: str, events: int, items: int, ch
     """What a task page paints first, in one read: the task, its root spans, its stages (phase spans,
     each with its work items' counts by state and its first `items` work items), its latest `events`
     events (ascending), and its newest `checkpoints` checkpoint events and evidence links (ascending)."""
+    task_row(conn, task_id)
     task = conn.execute(f"SELECT {q.TASK_JSON} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
     if task is None:
         raise TaskNotFound(task_id)

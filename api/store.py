@@ -23,10 +23,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from taskevents.db import open_reader
 from taskevents.schema import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from taskevents.api.archived import ArchivedReads
 
 log = logging.getLogger("taskevents.api.store")
 
@@ -39,6 +42,14 @@ DEFAULT_TIMEOUT = 5.0  # seconds a read may run (TASKEVENTS_QUERY_TIMEOUT)
 # Virtual-machine steps between two looks at the clock: about 0.1-1 ms of work, so a deadline is kept
 # to within a millisecond, while a 100-event page (~50,000 steps) pays for a handful of calls.
 PROGRESS_STEPS = 10_000
+
+
+class TaskArchived(Exception):
+    """The store holds only the task's row: its events are in its archive (api/archived.py)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
 
 
 class StoreUnavailable(Exception):
@@ -78,6 +89,7 @@ class ReadStore:
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
         self.opened = 0  # connections opened so far: stays at most `size` while the file stays the same
+        self.archives: ArchivedReads | None = None  # where reads of archived tasks go (api/archived.py)
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -87,8 +99,13 @@ class ReadStore:
         Raises QueryTimeout past the time limit, StoreUnavailable when the store cannot be read (the
         connection is then discarded).
         """
-        with self.transaction() as conn:
-            return read(conn, *args, **kw)
+        try:
+            with self.transaction() as conn:
+                return read(conn, *args, **kw)
+        except TaskArchived as exc:
+            if self.archives is None:
+                raise
+            return self.archives.run(exc.task_id, read, *args, **kw)
 
     def run_within(
         self,
@@ -97,9 +114,17 @@ class ReadStore:
         *args: P.args,
         **kw: P.kwargs,
     ) -> T:
-        """`run` with a time limit of its own."""
-        with self.transaction(seconds) as conn:
-            return read(conn, *args, **kw)
+        """`run` with a time limit of its own. An archived task's read is run here only if its archive
+        is loaded; loading it takes longer than an inline read may, so QueryTimeout sends it to a thread."""
+        try:
+            with self.transaction(seconds) as conn:
+                return read(conn, *args, **kw)
+        except TaskArchived as exc:
+            if self.archives is None:
+                raise
+            if not self.archives.cached(exc.task_id):
+                raise QueryTimeout(seconds) from None
+            return self.archives.run(exc.task_id, read, *args, **kw)
 
     @contextmanager
     def transaction(self, seconds: float | None = None) -> Iterator[sqlite3.Connection]:

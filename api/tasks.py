@@ -91,10 +91,14 @@ async def list_tasks(
         Instant | None,
         Query(description="Only tasks last active before this instant (ISO 8601; UTC if naive)."),
     ] = None,
+    archived: Annotated[
+        bool | None,
+        Query(description="Only archived tasks (true) or only those in the store (false); default both."),
+    ] = None,
 ) -> Response:
     """The tasks, most recently active first (by the time of their last stored event), with a cursor.
     The filters combine; each page is a walk of the task index by recency (see api/queries.py)."""
-    filters: dict[str, object] = {"status": status, "phase": phase, "q": q}
+    filters: dict[str, object] = {"status": status, "phase": phase, "q": q, "archived": archived}
     filters["since"] = _instant(since)
     filters["until"] = _instant(until)
     if cursor is not None:

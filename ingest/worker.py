@@ -42,8 +42,10 @@ from typing import TypeVar
 import redis
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
+from taskevents.archive import TaskArchive
 from taskevents.db import open_writer
 from taskevents.event import max_element_bytes
+from taskevents.ingest.archived import Retention
 from taskevents.ingest.batch import dead_letters, decode_batch
 from taskevents.ingest.lease import Lease, LeaseHeld, LeaseLost
 from taskevents.ingest.queue import Claim, WorkQueue
@@ -178,6 +180,8 @@ class Worker:
         self._hold_off_until = 0.0  # after stepping aside for a newer standby: let it take the lease
         self._writer: StoreWriter | None = None
         self._writer_file: tuple[int, int] | None = None  # the file it has open (st_dev, st_ino)
+        self._archive = TaskArchive.at(settings.archive_dir)
+        self.retention = Retention(self._redis, keys, self._archive)
 
     # --- the store -------------------------------------------------------------------------------
 
@@ -188,7 +192,8 @@ class Worker:
         if self._writer is None or _file_id(self.settings.db) != self._writer_file:
             self._close_store()
             with _store_faults():
-                self._writer = StoreWriter(open_writer(self.settings.db, self.settings.sqlite_synchronous))
+                conn = open_writer(self.settings.db, self.settings.sqlite_synchronous)
+                self._writer = StoreWriter(conn, archive=self._archive)
             self._writer_file = _file_id(self.settings.db)
         return self._writer
 
@@ -410,11 +415,16 @@ class Worker:
                         if until_empty:
                             return
                         self._beat_if_due()
+                        if self._retention_step():  # idle: retention's turn, a step at a time
+                            continue
                         self._retry(self._wait)
                         after_batch()  # retries while Redis is down make garbage too
                         continue
                     good, dead = decode_batch(claim.items, self.settings.max_payload_bytes)
                     self._finish(pending)
+                    pending = None
+                    if self.retention.due():  # busy: a bounded step now and then, the writer idle
+                        self._retention_step()
                     pending = writer.submit(self._store, claim, good, dead)
                     batch_id += 1
                     del claim, good, dead
@@ -427,6 +437,15 @@ class Worker:
                 if pending is not None:
                     pending.add_done_callback(partial(_log_failure, exc))
                 raise
+
+    def _retention_step(self) -> bool:
+        """One bounded step of retention (ingest/archived.py) on the store's one writer; True if more
+        remains. Its store errors are the store's: they surface in the next commit."""
+        try:
+            return self._retry(partial(self.retention.step, self.writer))
+        except sqlite3.Error as exc:
+            log.warning("retention step failed: %s", exc)
+            return False
 
     def _finish(self, pending: "Future[None] | None") -> None:
         """Wait for a batch handed to the writer thread; its exception, if any, is raised here.

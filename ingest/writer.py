@@ -8,17 +8,22 @@ task and span summaries, the batch id and its record) commits in one transaction
 
 import functools
 import itertools
+import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import orjson
 
+from taskevents.archive import ArchiveError, TaskArchive, TaskRows, insert_rows
 from taskevents.clock import format_ms
 from taskevents.event import SPAN_CLOSERS, SPAN_OPENERS, WireEvent, exit_reason, exit_status
 from taskevents.ingest.lease import LeaseLost
 from taskevents.ingest.walcap import WalCap
+
+log = logging.getLogger("taskevents.writer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +191,11 @@ def _fold_work_item(span: _SpanChange, event_type: str, payload: dict[str, objec
 class StoreWriter:
     """Owns the read-write connection; `commit` is the only way events get into the store."""
 
-    def __init__(self, conn: sqlite3.Connection, *, seq_cache_size: int = 100_000) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, *, seq_cache_size: int = 100_000, archive: TaskArchive | None = None
+    ) -> None:
         self._conn = conn
+        self.archive = archive  # where an archived task's rows are, when a late event brings it back
         # task_id -> latest committed seq. Bounded: cleared when full, refilled from `tasks` on demand.
         self._latest: dict[str, int] = {}
         self._cache_size = seq_cache_size
@@ -249,6 +257,9 @@ class StoreWriter:
                 raise StoreFenced(
                     f"another worker took the store over (epoch {epoch}; ours was {self.epoch})"
                 )
+            # A late event of an archived task brings the task back first: its seq goes on from the
+            # archived ones, and its event_uids are known again. Cached tasks are not archived.
+            self._bring_back({d.event.task_id for d in batch if d.event.task_id not in self._latest})
             fresh = self._drop_duplicates(batch)
             result.duplicates = len(batch) - len(fresh)
             latest = self._load_latest({d.event.task_id for d in fresh})
@@ -280,6 +291,122 @@ class StoreWriter:
 
     def close(self) -> None:
         self._conn.close()
+
+    # --- retention (ingest/archived.py asks; only the writer changes the store) -------------------
+
+    @contextmanager
+    def fenced(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that commits only while this writer holds the store (its epoch)."""
+        if self.epoch is None:
+            raise StoreFenced("take_over() the store before writing to it")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (epoch,) = conn.execute("SELECT writer_epoch FROM ingest_state").fetchone()
+            if epoch != self.epoch:
+                raise StoreFenced(
+                    f"another worker took the store over (epoch {epoch}; ours was {self.epoch})"
+                )
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.wal_cap.after_commit()
+
+    def mark_archived(self, task_id: str, latest_seq: int) -> bool:
+        """The task's archive holds seq 1..latest_seq: if the task has ended there (no late event
+        since), it is archived from now on and its rows are queued for removal. False if it is not."""
+        with self.fenced() as conn:
+            row = conn.execute(
+                "SELECT latest_seq, status, archived FROM tasks WHERE task_id = ?", (task_id,)
+            ).fetchone()
+            if row is None or row[0] != latest_seq or row[1] == "running" or row[2] != 0:
+                return False
+            (failed,) = conn.execute(
+                "SELECT count(*) FROM spans INDEXED BY idx_spans_failed"
+                " WHERE task_id = ? AND state = 'failed'",
+                (task_id,),
+            ).fetchone()
+            conn.execute(
+                "UPDATE tasks SET archived = 1, archived_failed = ? WHERE task_id = ?", (failed, task_id)
+            )
+            conn.execute("INSERT OR IGNORE INTO archive_pending (task_id) VALUES (?)", (task_id,))
+        self._latest.pop(task_id, None)  # its next event must find it archived
+        return True
+
+    def drop_archived_rows(self, limit: int) -> int:
+        """Remove up to `limit` rows of archived tasks not yet emptied; returns how many (0: none left)."""
+        with self.fenced() as conn:
+            dropped = 0
+            for (task_id,) in conn.execute("SELECT task_id FROM archive_pending LIMIT 8").fetchall():
+                events = conn.execute(
+                    "DELETE FROM task_events WHERE event_id IN "
+                    "(SELECT event_id FROM task_events WHERE task_id = ? LIMIT ?)",
+                    (task_id, limit - dropped),
+                ).rowcount
+                dropped += events
+                if dropped < limit:
+                    dropped += conn.execute(
+                        "DELETE FROM spans WHERE task_id = ? AND span_id IN "
+                        "(SELECT span_id FROM spans WHERE task_id = ? LIMIT ?)",
+                        (task_id, task_id, limit - dropped),
+                    ).rowcount
+                if dropped < limit:  # both emptied
+                    conn.execute("DELETE FROM archive_pending WHERE task_id = ?", (task_id,))
+                if dropped >= limit:
+                    break
+        return dropped
+
+    def reclaim(self, pages: int) -> int:
+        """Give up to `pages` free pages back to the file system (incremental vacuum); returns how many
+        are still free. Its own small transaction: a bounded amount of WAL, never a full VACUUM."""
+        conn = self._conn
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        if free:
+            conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+            self.wal_cap.after_commit()
+            (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        return int(free)
+
+    def restore(self, task_id: str, rows: TaskRows) -> bool:
+        """Put an archived task's rows back (those still in the store are kept); False if it is not
+        archived."""
+        with self.fenced() as conn:
+            row = conn.execute("SELECT archived FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            if row is None or row[0] == 0:
+                return False
+            self._put_back(conn, task_id, rows)
+        return True
+
+    def _put_back(self, conn: sqlite3.Connection, task_id: str, rows: TaskRows) -> None:
+        insert_rows(conn, rows, task_row=False)  # the task row is the store's: it may be newer
+        conn.execute("UPDATE tasks SET archived = 0, archived_failed = NULL WHERE task_id = ?", (task_id,))
+        conn.execute("DELETE FROM archive_pending WHERE task_id = ?", (task_id,))
+
+    def _bring_back(self, task_ids: Iterable[str]) -> None:
+        """Restore, inside the batch's transaction, the archived tasks among `task_ids`. One whose archive
+        cannot be read stays archived (logged): its late events are stored after the archived seqs all
+        the same, and `taskevents restore` brings the archive's events back once it can be read."""
+        ids = list(task_ids)
+        if not ids:
+            return
+        archived = self._conn.execute(
+            "SELECT task_id, latest_seq FROM tasks"
+            " WHERE archived = 1 AND task_id IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(ids),),
+        ).fetchall()
+        for task_id, latest_seq in archived:
+            try:
+                if self.archive is None:
+                    raise ArchiveError("no archive directory configured")
+                rows = self.archive.read(task_id)
+            except ArchiveError as exc:
+                log.error("a late event for archived task %r, whose archive cannot be read: %s", task_id, exc)
+                continue
+            self._put_back(self._conn, task_id, rows)
+            log.info("task %r restored from its archive (seq 1..%d) for a late event", task_id, latest_seq)
 
     def _drop_duplicates(self, batch: Sequence[Decoded]) -> list[Decoded]:
         """Events whose event_uid is already stored, or repeated in this batch, are stored once."""

@@ -62,3 +62,24 @@ class QueueKeys:
     def commits(self) -> str:
         """Pub/sub channel: one message per committed batch."""
         return f"{self.queue}:commits"
+
+    @property
+    def control(self) -> str:
+        """Requests to the worker that change the store but are not events: a task archived (its rows
+        may go), a task to restore. The worker is the store's only writer; others ask it here."""
+        return f"{self.queue}:control"
+
+    @property
+    def jobs(self) -> str:
+        """The rq queue of the `jobs` process (archive passes)."""
+        return f"{self.queue}:jobs"
+
+    @property
+    def archive_lock(self) -> str:
+        """Held by the one archive pass that runs (token, expiring unless renewed)."""
+        return f"{self.queue}:archive:lock"
+
+    @property
+    def archive_report(self) -> str:
+        """The last archive pass's report (JSON), for `taskevents archive --list` and operators."""
+        return f"{self.queue}:archive:report"

@@ -6,13 +6,15 @@
   expires), read by `ingest --check`, /api/ready and /metrics.
 - `WorkerStats`: counted by the worker at each acknowledgement (HINCRBY) in the hash
   `<queue>:worker:stats`, read by /api/ready and /metrics.
+- `ControlRequest`: pushed by an archive pass or `taskevents restore` to `<queue>:control`, applied
+  by the worker, the store's one writer (ingest/archived.py).
 
 A reader never trusts the bytes: `decode` raises ValueError for anything that is not the message, and
 the reader decides what that means (a notification ignored, a heartbeat taken as absent).
 """
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -102,3 +104,28 @@ class Heartbeat(WorkerStats):
     def decode(cls, data: bytes | str) -> "Heartbeat":
         beat: Heartbeat = _decode(cls, data)
         return beat
+
+
+class ControlRequest(BaseModel):
+    """A change to the store that only the worker may make.
+
+    `archived`: the task's archive, written and verified, holds seq 1..`latest_seq` with this SHA-256;
+    if the task still ends there, the worker marks it archived and removes its rows. `restore`: put
+    the task's rows back from its archive. Both are idempotent: a request applied twice, or one that
+    no longer fits the task (a late event arrived), changes nothing.
+    """
+
+    model_config = _Config
+
+    op: Literal["archived", "restore"]
+    task_id: str = Field(min_length=1)
+    latest_seq: int | None = Field(None, ge=1, description="`archived`: the archive's last seq.")
+    sha256: str | None = Field(None, description="`archived`: the archive file's SHA-256.")
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.model_dump(exclude_none=True))
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> "ControlRequest":
+        request: ControlRequest = _decode(cls, data)
+        return request

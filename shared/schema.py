@@ -103,6 +103,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         AND e.event_type = 'runner_exit')
     WHERE status != 'running';
     """,
+    """
+    -- Retention (ingest/retention.py): an archived task keeps its tasks row, so its seq goes on from
+    -- latest_seq and the task list lists it, while its events and spans live in its archive.
+    ALTER TABLE tasks ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN archived_failed INTEGER;   -- its failed work items (its spans are gone)
+    -- Archived tasks whose rows the worker is still removing, a bounded chunk at a time.
+    CREATE TABLE archive_pending (task_id TEXT PRIMARY KEY) WITHOUT ROWID;
+    -- What an archive pass looks for: ended tasks, least recently active first.
+    CREATE INDEX idx_tasks_archivable ON tasks (last_at) WHERE archived = 0 AND status != 'running';
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

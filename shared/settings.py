@@ -6,12 +6,13 @@ commands take a value they were not given from the environment through these cla
 keyword default of their own.
 """
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.connection import parse_url
 
@@ -35,6 +36,30 @@ def check_http_url(url: str) -> str:
     if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
         raise ValueError(f"not an http:// or https:// URL: {url!r}")
     return url.rstrip("/")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `30d`, `12h`, `15m`, `45s` or a plain number of seconds; ValueError otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+        if match is None:
+            raise ValueError(f"not a duration (e.g. 30d, 12h, 15m, 45s): {value!r}")
+        seconds = float(match[1]) * _UNITS[match[2] or "s"]
+    if seconds < 0:
+        raise ValueError(f"a duration is not negative: {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _text(default: str) -> float:
+    return cast(float, default)
 
 
 class ProducerSettings(BaseSettings):
@@ -128,6 +153,21 @@ class Settings(ProducerSettings, ApiClientSettings):
         5.0,
         gt=0,
         description="Seconds without a notification after which streamed tasks are checked in the store.",
+    )
+    # Retention (ingest/retention.py, the `jobs` process). A duration's default is text, parsed like
+    # any value (pydantic validates defaults here); `_text` only tells mypy so.
+    retention: Duration = Field(
+        _text("30d"),
+        description="An ended task with no event for this long is archived (30d, 12h, 15m, 45s).",
+    )
+    archive_dir: Path = Field(
+        Path("data/archive"), description="Where task archives and old dead letters go."
+    )
+    archive_every: Duration = Field(
+        _text("1h"), gt=0, description="How often the `jobs` process runs an archive pass."
+    )
+    dead_retention: Duration = Field(
+        _text("7d"), description="Dead letters older than this are moved to a file in the archive directory."
     )
     # Local runs only.
     redis_dir: Path = Field(

@@ -127,7 +127,10 @@ def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
     """Settings of a test: its own queue name on the shared server and its own SQLite file."""
     return Settings(
-        redis_url=redis_server.url, db=tmp_path / "events.db", queue=f"test{next(_queue_names)}:events"
+        redis_url=redis_server.url,
+        db=tmp_path / "events.db",
+        queue=f"test{next(_queue_names)}:events",
+        archive_dir=tmp_path / "archive",  # never ./data/archive
     )
 
 

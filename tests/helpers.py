@@ -18,6 +18,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         TASKEVENTS_DB=str(settings.db),
         TASKEVENTS_QUEUE=settings.queue,
         TASKEVENTS_BATCH_SIZE=str(settings.batch_size),
+        TASKEVENTS_ARCHIVE_DIR=str(settings.archive_dir),
         **extra,
     )
     return env

@@ -67,6 +67,7 @@ def test_the_cursor_walks_every_task_once_most_recent_first(api_http: TestClient
         "last_at": g["last_at"],
         "exit_reason": "failed",  # its runner_exit said only its outcome
         "failed_items": 0,
+        "archived": False,
     }
 
 
