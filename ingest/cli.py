@@ -1,4 +1,4 @@
-"""Commands of the worker side: ingest, dead-letters, redis."""
+"""Commands of the worker side: ingest, dead-letters, redis, jobs, archive, restore."""
 
 import logging
 import os
@@ -33,6 +33,7 @@ log = logging.getLogger("taskevents.cli")
         "sqlite_synchronous",
         "max_attempts",
         "heartbeat_ttl",
+        "archive_dir",
         "log_level",
     ),
 )
@@ -171,3 +172,130 @@ def redis_command(settings: Settings, data_dir: str | None) -> None:
     cmd = server_command(binary, host, url.port or 6379, directory.resolve())
     log.info("starting %s", " ".join(cmd))
     os.execv(binary, cmd)  # honcho's signals then reach redis-server itself
+
+
+_RETENTION = ("redis_url", "db", "queue", "retention", "archive_dir", "dead_retention", "log_level")
+
+
+@click.command("jobs", epilog=env_help(*_RETENTION, "archive_every"))
+@click.option("--check", is_flag=True, help="Exit 0 if a jobs process is alive, 1 if not (health check).")
+@settings_options
+def jobs_command(settings: Settings, check: bool) -> None:
+    """Run the background jobs: rq's worker and scheduler, an archive pass every TASKEVENTS_ARCHIVE_EVERY
+    (ended tasks quiet for TASKEVENTS_RETENTION go to their archives; old dead letters to files).
+    Any number may run: one pass runs at a time. SIGTERM: finish the job in hand, then exit."""
+    from taskevents.ingest import jobs
+
+    if check:
+        sys.exit(0 if jobs.check(settings) else 1)
+    jobs.run_jobs(settings)
+
+
+@click.command("archive", epilog=env_help(*_RETENTION))
+@click.option("--older-than", help="Archive ended tasks quiet for this long (30d, 12h, 15m, 45s).")
+@click.option(
+    "--task", "task_ids", multiple=True, help="Archive this ended task, whatever its age (repeatable)."
+)
+@click.option("--dry-run", is_flag=True, help="List what would be archived; change nothing.")
+@click.option("--list", "list_", is_flag=True, help="List the archived tasks (from their manifests).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@settings_options
+def archive_command(
+    settings: Settings,
+    older_than: str | None,
+    task_ids: tuple[str, ...],
+    dry_run: bool,
+    list_: bool,
+    as_json: bool,
+) -> None:
+    """Run one archive pass now (what the jobs process does on its schedule), or list the archives.
+
+    The pass writes each task's archive and asks the worker, the store's one writer, to remove its
+    rows: the worker must be running for them to go (it does so between batches)."""
+    from taskevents.archive import TaskArchive
+    from taskevents.ingest.retention import archive_pass
+    from taskevents.settings import parse_duration
+
+    if list_:
+        manifests = sorted(TaskArchive.at(settings.archive_dir).manifests(), key=lambda m: m.last_at)
+        for m in manifests:
+            if as_json:
+                click.echo(m.to_json().replace(b"\n", b"").replace(b"  ", b"").decode())
+            else:
+                click.echo(
+                    f"{m.task_id}\t{m.status}\tseq 1..{m.last_seq}\t{m.size:,} B\tlast event {m.last_at}"
+                )
+        if not as_json:
+            click.echo(f"{len(manifests)} archived tasks in {settings.archive_dir}", err=True)
+        return
+    try:
+        age = parse_duration(older_than) if older_than is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    report = archive_pass(settings, older_than=age, task_ids=task_ids, dry_run=dry_run)
+    if as_json:
+        click.echo(report.to_json())
+        return
+    if report.skipped:
+        click.echo(f"nothing done: {report.skipped}", err=True)
+        sys.exit(1)
+    for task_id in report.would_archive:
+        click.echo(f"would archive {task_id}")
+    for task_id in report.archived:
+        click.echo(f"archived {task_id}")
+    for task_id, why in {**report.refused, **report.errors}.items():
+        click.echo(f"not archived {task_id}: {why}", err=True)
+    for task_id, why in report.damaged.items():
+        click.echo(f"archive of {task_id} damaged: {why}", err=True)
+    verb = "would archive" if dry_run else "archived"
+    click.echo(f"{verb} {len(report.archived) or len(report.would_archive)} tasks ({report.events:,} events)"
+               f"{'; more left: run it again' if report.more else ''}; "
+               f"{report.dead_letters_moved} dead letters moved to files", err=True)  # fmt: skip
+    if report.errors or report.damaged:
+        sys.exit(1)
+
+
+@click.command("restore", epilog=env_help("redis_url", "db", "queue", "archive_dir"))
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option(
+    "--timeout", default=60.0, show_default=True, help="Seconds to wait for the worker to restore them."
+)
+@settings_options
+def restore_command(settings: Settings, task_ids: tuple[str, ...], timeout: float) -> None:
+    """Bring archived tasks back into the store, exactly as they were (their archives stay where they
+    are). The worker does it, being the store's one writer: this asks it and waits."""
+    from taskevents.archive import ArchiveError, TaskArchive
+    from taskevents.db import open_reader
+    from taskevents.messages import ControlRequest
+
+    archive = TaskArchive.at(settings.archive_dir)
+    client = redis.Redis.from_url(settings.redis_url)
+    waiting: list[str] = []
+    restored = 0
+    for task_id in dict.fromkeys(task_ids):
+        try:
+            archive.read(task_id)  # a damaged archive is said here, not only in the worker's log
+        except ArchiveError as exc:
+            click.echo(f"cannot restore {task_id}: {exc}", err=True)
+            continue
+        client.rpush(
+            QueueKeys(settings.queue).control, ControlRequest(op="restore", task_id=task_id).encode()
+        )
+        waiting.append(task_id)
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        reader = open_reader(settings.db)
+        try:
+            for task_id in list(waiting):
+                row = reader.execute("SELECT archived FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+                if row is not None and row[0] == 0:
+                    click.echo(f"restored {task_id}")
+                    waiting.remove(task_id)
+                    restored += 1
+        finally:
+            reader.close()
+        time.sleep(0.2)
+    for task_id in waiting:
+        click.echo(f"not restored yet: {task_id} (is the worker running? see its log)", err=True)
+    if restored < len(set(task_ids)):
+        sys.exit(1)

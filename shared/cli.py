@@ -38,6 +38,13 @@ COMMANDS: dict[str, Command] = {
     ),
     "redis": Command("taskevents.ingest.cli", "redis_command", "server", "Provide Redis for a local run."),
     "api": Command("taskevents.api.cli", "api_command", "server", "Serve the read API."),
+    "jobs": Command(
+        "taskevents.ingest.cli", "jobs_command", "server", "Run the scheduled archive passes (rq)."
+    ),
+    "archive": Command(
+        "taskevents.ingest.cli", "archive_command", "server", "Archive ended tasks now; list archives."
+    ),
+    "restore": Command("taskevents.ingest.cli", "restore_command", "server", "Bring archived tasks back."),
     "tail": Command("taskevents.api.tail_cli", "tail_command", "tail", "Follow a task's live stream."),
 }
 

@@ -112,14 +112,17 @@ _WORKER = [
     "max_attempts",
 ]
 READS = {
-    "ingest": [*_WORKER, "heartbeat_ttl", "log_level"],
-    "api": ["db", "redis_url", "queue", "api_host", "api_port", "query_timeout", "log_level"]
+    "ingest": [*_WORKER, "heartbeat_ttl", "archive_dir", "log_level"],
+    "api": ["db", "redis_url", "queue", "archive_dir", "api_host", "api_port", "query_timeout", "log_level"]
     + [name for name in Settings.model_fields if name.startswith("stream_")],
     "emit": list(ProducerSettings.model_fields),
     "simulate": list(ProducerSettings.model_fields),
     "tail": ["api_url"],
     "redis": ["redis_url", "redis_dir"],
     "dead-letters": ["redis_url", "queue"],
+    "jobs": ["redis_url", "db", "queue", "retention", "archive_dir", "archive_every", "dead_retention"],
+    "archive": ["redis_url", "db", "queue", "retention", "archive_dir", "dead_retention"],
+    "restore": ["redis_url", "db", "queue", "archive_dir"],
 }
 
 

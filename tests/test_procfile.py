@@ -29,12 +29,14 @@ def env(tmp_path: Path, url: str) -> dict[str, str]:
         "TASKEVENTS_DB": str(tmp_path / "events.db"),
         "TASKEVENTS_REDIS_DIR": str(tmp_path / "local-redis"),
         "TASKEVENTS_API_PORT": str(free_port()),  # not 8000: the machine may be using it
+        "TASKEVENTS_ARCHIVE_DIR": str(tmp_path / "archive"),
     }
 
 
-def test_the_procfile_brings_up_redis_the_worker_and_the_api(tmp_path: Path) -> None:
+def test_the_procfile_brings_up_redis_the_worker_the_api_and_the_jobs(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    environment = env(tmp_path, url)
+    # Archive a task as soon as it ends, and look every second: the jobs process shows it works.
+    environment = {**env(tmp_path, url), "TASKEVENTS_RETENTION": "0s", "TASKEVENTS_ARCHIVE_EVERY": "1s"}
     api = f"http://127.0.0.1:{environment['TASKEVENTS_API_PORT']}"
     honcho = subprocess.Popen(
         [str(BIN / "honcho"), "start", "-f", str(ROOT / "Procfile")],
@@ -60,6 +62,18 @@ def test_the_procfile_brings_up_redis_the_worker_and_the_api(tmp_path: Path) -> 
         check = [arg.replace("127.0.0.1:8000", api.removeprefix("http://")) for arg in check]
         assert check[0] == "python"
         assert subprocess.run([sys.executable, *check[1:]], timeout=30).returncode == 0
+
+        # The jobs process: once the task ends, a scheduled pass archives it; the API reads it from there.
+        emitter = Emitter(url)
+        emitter.emit("procfile", "runner_exit", span_id="r", actor="runner", payload={"exit_code": 0})
+        assert emitter.close(10)
+        archived = f"{api}/api/tasks/procfile/events/snapshot"
+        wait_for(lambda: api_answers(archived) and httpx.get(archived).json()["archived"], timeout=60)
+        body = httpx.get(f"{api}/api/tasks/procfile/events", timeout=5).json()
+        assert [e["event_type"] for e in body["events"]] == ["runner_spawn", "runner_exit"]
+        assert list((tmp_path / "archive" / "tasks").rglob("*.jsonl.zst"))
+        jobs_check = subprocess.run([str(BIN / "taskevents"), "jobs", "--check"], env=environment, timeout=30)
+        assert jobs_check.returncode == 0
     finally:
         os.killpg(honcho.pid, signal.SIGTERM)
         honcho.wait(30)
