@@ -96,3 +96,21 @@ def test_the_screenshots_are_remade(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("task-list.png", "task-page.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.redis_server
+def test_retention_bench_quick_archives_shrinks_the_store_and_measures_ingest(tmp_path: Path) -> None:
+    output = tmp_path / "retention.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "retention_bench.py"), "--quick", "--output", str(output)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    storage = orjson.loads(output.read_bytes())["storage"]
+    assert (
+        storage["compression_ratio"] > 3
+        and storage["archive_bytes_per_event"] < storage["store_bytes_per_event"]
+    )
+    assert storage["file_bytes_reclaimed"] < storage["file_bytes_before"] / 2
+    assert "| ingest while archiving / alone |" in done.stdout
