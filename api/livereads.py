@@ -51,10 +51,14 @@ class Head:
 def events_after(conn: sqlite3.Connection, task_id: str, after_seq: int, limit: int) -> list[Row]:
     """Up to `limit` events of the task with seq > `after_seq`, in seq order. TaskArchived if they are
     in its archive (the read is then run there: a stream of an archived task replays it and ends)."""
-    archived = conn.execute(ARCHIVED, (task_id,)).fetchone()
-    if archived is not None and archived[0] == 1:
-        raise TaskArchived(task_id)
+    _not_archived(conn, task_id)
     return conn.execute(_AFTER, (task_id, after_seq, limit)).fetchall()
+
+
+def _not_archived(conn: sqlite3.Connection, task_id: str) -> None:
+    row = conn.execute(ARCHIVED, (task_id,)).fetchone()
+    if row is not None and row[0] == 1:
+        raise TaskArchived(task_id, row[1])
 
 
 def events_in_ranges(
@@ -73,4 +77,7 @@ def heads(conn: sqlite3.Connection, task_ids: list[str]) -> dict[str, Head]:
 
 
 def head(conn: sqlite3.Connection, task_id: str) -> Head | None:
+    """A stream's start: for an archived task, read from its archive, so that one that is missing or
+    damaged answers 410 or 503 before the stream starts."""
+    _not_archived(conn, task_id)
     return heads(conn, [task_id]).get(task_id)

@@ -88,7 +88,7 @@ TASK_JSON: Final = _json_object(
 )
 
 TASK: Final = "SELECT latest_seq, event_count, current_phase, status, archived FROM tasks WHERE task_id = ?"
-ARCHIVED: Final = "SELECT archived FROM tasks WHERE task_id = ?"
+ARCHIVED: Final = "SELECT archived, latest_seq FROM tasks WHERE task_id = ?"
 
 # (seq, event JSON) rows. Pages ask for limit + 1 rows: the extra one only says whether more exist.
 EVENTS_AFTER: Final = f"""

@@ -34,7 +34,7 @@ def task_row(conn: sqlite3.Connection, task_id: str) -> TaskRow:
         raise TaskNotFound(task_id)
     task = TaskRow(*row)
     if task.archived == 1:
-        raise TaskArchived(task_id)
+        raise TaskArchived(task_id, task.latest_seq)
     return task
 
 

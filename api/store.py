@@ -47,9 +47,10 @@ PROGRESS_STEPS = 10_000
 class TaskArchived(Exception):
     """The store holds only the task's row: its events are in its archive (api/archived.py)."""
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_id: str, latest_seq: int) -> None:
         super().__init__(task_id)
         self.task_id = task_id
+        self.latest_seq = latest_seq  # the archive to read is the one that ends there
 
 
 class StoreUnavailable(Exception):
@@ -105,7 +106,7 @@ class ReadStore:
         except TaskArchived as exc:
             if self.archives is None:
                 raise
-            return self.archives.run(exc.task_id, read, *args, **kw)
+            return self.archives.run(exc.task_id, exc.latest_seq, self.timeout, read, *args, **kw)
 
     def run_within(
         self,
@@ -114,17 +115,13 @@ class ReadStore:
         *args: P.args,
         **kw: P.kwargs,
     ) -> T:
-        """`run` with a time limit of its own. An archived task's read is run here only if its archive
-        is loaded; loading it takes longer than an inline read may, so QueryTimeout sends it to a thread."""
+        """`run` with a time limit of its own. An archived task's read is never run inline (loading its
+        archive, or waiting for its connection, could stall the loop): QueryTimeout sends it to a thread."""
         try:
             with self.transaction(seconds) as conn:
                 return read(conn, *args, **kw)
-        except TaskArchived as exc:
-            if self.archives is None:
-                raise
-            if not self.archives.cached(exc.task_id):
-                raise QueryTimeout(seconds) from None
-            return self.archives.run(exc.task_id, read, *args, **kw)
+        except TaskArchived:
+            raise QueryTimeout(seconds) from None
 
     @contextmanager
     def transaction(self, seconds: float | None = None) -> Iterator[sqlite3.Connection]:

@@ -29,7 +29,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from taskevents.api.errors import BadParameter
+from taskevents.api.errors import ApiError, BadParameter
 from taskevents.api.live import End, LiveEvent, LiveHub, follow
 from taskevents.api.livereads import Head
 from taskevents.api.models import ERRORS_400, ERRORS_TASK
@@ -49,6 +49,7 @@ WS_BAD_REQUEST = 4400  # since_seq or task_id is garbage
 WS_HELLO_TIMEOUT = 4408  # no ?since_seq and no first message in time
 WS_TRY_AGAIN = 1013  # the store is unavailable (an SSE request gets 503)
 WS_POLICY = 1008  # the client stopped reading (send timeout)
+WS_GONE = 4410  # the task is archived and its archive is gone (an SSE request gets 410)
 
 
 @asynccontextmanager
@@ -123,8 +124,9 @@ async def _sse_body(hub: LiveHub, task_id: str, after: int, start: Head | None) 
                     yield _end_frame(item)
                     return
                 yield b"".join(event.sse for event in item)  # one write for the whole batch
-    except StoreUnavailable as exc:
-        # Close without an end frame: the client reconnects (Last-Event-ID) and gets a 503 or resumes.
+    except (StoreUnavailable, ApiError) as exc:
+        # Close without an end frame: the client reconnects (Last-Event-ID) and gets a 503 or resumes
+        # (an archive that went missing under the stream: 410).
         log.warning("SSE stream of %r closed: %s", task_id, exc)
 
 
@@ -255,6 +257,8 @@ async def ws_task_events(websocket: WebSocket, task_id: str) -> None:
         return await _close(websocket, WS_HELLO_TIMEOUT, 'send {"since_seq": N} or use ?since_seq=N')
     except StoreUnavailable as exc:
         return await _close(websocket, WS_TRY_AGAIN, str(exc))
+    except ApiError as exc:  # an archived task whose archive is missing (410) or damaged (503)
+        return await _close(websocket, WS_TRY_AGAIN if exc.status == 503 else WS_GONE, exc.detail)
     except WebSocketDisconnect:
         return
 
@@ -299,6 +303,9 @@ async def _ws_send(
     except StoreUnavailable as exc:
         log.warning("WebSocket stream of %r closed: %s", task_id, exc)
         return WS_TRY_AGAIN, str(exc)
+    except ApiError as exc:  # the task's archive, missing or damaged under the stream
+        log.warning("WebSocket stream of %r closed: %s", task_id, exc)
+        return (WS_TRY_AGAIN if exc.status == 503 else WS_GONE), exc.detail
     except (WebSocketDisconnect, OSError):
         return None, ""
     return 1001, "server shutting down"

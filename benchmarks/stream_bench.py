@@ -45,8 +45,10 @@ sys.path.insert(0, str(ROOT))
 
 from report import publish  # noqa: E402  (beside this script)
 
+from taskevents.emitter import Emitter  # noqa: E402
 from taskevents.ingest.localredis import RedisServer  # noqa: E402
 from taskevents.keys import QueueKeys  # noqa: E402
+from taskevents.simulate import simulate  # noqa: E402
 
 TARGETS = {"median_ms": 20.0, "p99_ms": 100.0, "missed": 0}
 QUEUE = "bench:events"
@@ -60,6 +62,7 @@ class Config:
     seconds: float = 20.0
     warmup: float = 3.0
     output: Path = HERE / "results" / "stream.json"
+    archiving: int = 0  # ended runs stored first, archived by passes during the measurement
 
 
 def parse_args() -> Config:
@@ -80,14 +83,20 @@ def parse_args() -> Config:
         "--quick", action="store_true", help="a few seconds, small: checks that the script runs"
     )
     parser.add_argument("--output", type=Path, default=d.output, help="JSON results (default %(default)s)")
+    parser.add_argument(
+        "--archiving", type=int, default=0,
+        help="store this many ended simulated runs first, and archive them during the measurement "
+        "(`taskevents archive` passes in a loop, in a process of their own)",
+    )  # fmt: skip
     parser.add_argument("--producer", action="store_true", help=argparse.SUPPRESS)  # internal: the emitter
     args = parser.parse_args()
     if args.producer:
         produce(args.tasks, args.rate, args.seconds)
         sys.exit(0)
     if args.quick:
-        return Config(tasks=10, rate=500, clients=20, seconds=3.0, warmup=1.0, output=args.output)
-    return Config(args.tasks, args.rate, args.clients, args.seconds, args.warmup, args.output)
+        return Config(tasks=10, rate=500, clients=20, seconds=3.0, warmup=1.0, output=args.output,
+                      archiving=min(args.archiving, 50))  # fmt: skip
+    return Config(args.tasks, args.rate, args.clients, args.seconds, args.warmup, args.output, args.archiving)
 
 
 # --- the producer (its own process) ---------------------------------------------------------------
@@ -218,6 +227,10 @@ async def run_clients(
         "--rate", str(cfg.rate), "--seconds", str(cfg.seconds), env=env, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     started = time.time()
+    passes = None
+    if cfg.archiving:  # archive passes in a loop, as a `jobs` process busy with a backlog would run them
+        loop = f"while :; do {sys.executable} -m taskevents archive --older-than 0s >/dev/null 2>&1; done"
+        passes = await asyncio.create_subprocess_exec("sh", "-c", loop, env=env, start_new_session=True)
     await asyncio.sleep(cfg.warmup)
     measure_from[0] = time.time()
     window_start = time.monotonic()
@@ -234,6 +247,11 @@ async def run_clients(
     producer_cpu = (cpu_seconds(producing) - producer_cpu0) / window * 100
     batches = int(client.hget(QueueKeys(QUEUE).stats, "batches") or 0) - batches0
     ingested = int(client.hget(QueueKeys(QUEUE).stats, "ingested") or 0) - ingested0
+    archived = None
+    if passes is not None:
+        os.killpg(passes.pid, signal.SIGKILL)
+        await passes.wait()
+        archived = archived_count(Path(env["TASKEVENTS_DB"]))
 
     out, _ = await producer.communicate()
     emitted = int(out.decode().strip() or 0)
@@ -252,6 +270,7 @@ async def run_clients(
     deliveries_expected = sum(s.end_seq or 0 for s in stats)
     missed = sum(s.missed + ((s.end_seq or 0) - s.last_seq if s.end_seq else 1) for s in stats)
     return {
+        "archived_during": archived,  # --archiving: tasks the passes archived while measured
         "emitted": emitted + cfg.tasks,
         "emit_seconds": round(emitting, 2),
         "deliveries_expected": deliveries_expected,
@@ -287,11 +306,37 @@ def _summary(sorted_ms: list[float]) -> dict[str, float]:
     return {"median": round(q[49], 2), "p90": round(q[89], 2), "p99": round(q[98], 2)}
 
 
+def store_ended_runs(url: str, db: Path, runs: int) -> None:
+    """`runs` simulated runs, every one ended, stored before the measurement: the passes' backlog."""
+    emitter = Emitter(url, queue=QUEUE, buffer_size=2_000_000)
+    events = simulate(emitter, tasks=runs, concurrency=50, rate=0, seed=3, prefix="old")
+    assert emitter.close(120)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            if conn.execute("SELECT coalesce(sum(event_count), 0) FROM tasks").fetchone()[0] >= events:
+                return
+        finally:
+            conn.close()
+        time.sleep(0.2)
+    raise RuntimeError("the backlog of ended runs was not stored in 300 s")
+
+
+def archived_count(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM tasks WHERE archived = 1").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def run(cfg: Config, tmp: Path) -> dict[str, Any]:
     server = RedisServer(tmp / "redis").start()
     port = free_port()
     env = dict(os.environ, TASKEVENTS_REDIS_URL=server.url, TASKEVENTS_DB=str(tmp / "events.db"),
-               TASKEVENTS_QUEUE=QUEUE, TASKEVENTS_LOG_LEVEL="WARNING")  # fmt: skip
+               TASKEVENTS_QUEUE=QUEUE, TASKEVENTS_LOG_LEVEL="WARNING",
+               TASKEVENTS_ARCHIVE_DIR=str(tmp / "archive"))  # fmt: skip
     worker = subprocess.Popen([sys.executable, "-m", "taskevents.ingest"], env=env, cwd=ROOT)
     api = subprocess.Popen([sys.executable, "-m", "taskevents.api", "--port", str(port)], env=env, cwd=ROOT)
     client = redis.Redis.from_url(server.url)
@@ -308,6 +353,8 @@ def run(cfg: Config, tmp: Path) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the API or the worker did not start")
             time.sleep(0.1)
+        if cfg.archiving:
+            store_ended_runs(server.url, tmp / "events.db", cfg.archiving)
         measured = asyncio.run(
             run_clients(cfg, port, env, psutil.Process(api.pid), psutil.Process(worker.pid), client)
         )
@@ -347,6 +394,11 @@ def table(results: dict[str, Any]) -> str:
         f"| {met(lat['median'] <= 20)} |",
         f"| latency, p99 | {lat['p99']} ms | <= 100 ms | {met(lat['p99'] <= 100)} |",
         f"| latency, p90 / max | {lat['p90']} / {lat['max']} ms | | |",
+        *(
+            [f"| tasks archived by passes meanwhile | {results['archived_during']} | | |"]
+            if results.get("archived_during") is not None
+            else []
+        ),
         f"| events missed / duplicated | {results['missed']} / {results['duplicates']} | 0 | "
         f"{met(results['missed'] == 0 and results['duplicates'] == 0)} |",
         f"| deliveries (events x clients of their task) | {results['deliveries_received']} of "

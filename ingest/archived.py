@@ -10,8 +10,10 @@ a time between batches, so that the store keeps exactly one writer and ingest ne
   system RECLAIM_PAGES at a time (`PRAGMA incremental_vacuum`), never by a full VACUUM.
 - `restore`: the task's rows are put back from its archive.
 
-Requests are idempotent and are not acknowledged: a request lost with a crash is sent again by the
-next pass (the task is still not archived), or by the operator for a restore.
+Requests are idempotent. One that fails with the store (locked, full) goes back to the list, to be
+applied again; one lost with a crash of the worker is sent again by the next pass (the task is still
+not archived), or by the operator for a restore. A restore or a late event puts the whole task back in
+one transaction: its size of WAL, and a pause of ingest as long as its insert (~10 ms per 1,000 events).
 """
 
 import logging
@@ -50,10 +52,18 @@ class Retention:
     def step(self, writer: StoreWriter) -> bool:
         """Requests first, then rows to remove, then pages to give back. True if work remains."""
         self._next = time.monotonic() + INTERVAL
-        requests = cast("list[bytes] | None", self._redis.lpop(self._keys.control, REQUESTS))
-        for raw in requests or []:
-            self._apply(writer, raw)
-        if requests:
+        applied = 0
+        while applied < REQUESTS:
+            raw = cast("bytes | None", self._redis.lpop(self._keys.control))
+            if raw is None:
+                break
+            try:
+                self._apply(writer, raw)
+            except BaseException:
+                self._redis.lpush(self._keys.control, raw)  # not lost: applied when the store takes it
+                raise
+            applied += 1
+        if applied:
             self._dropping = self._reclaiming = True
             return True
         if self._dropping:

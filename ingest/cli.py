@@ -188,7 +188,10 @@ def jobs_command(settings: Settings, check: bool) -> None:
 
     if check:
         sys.exit(0 if jobs.check(settings) else 1)
-    jobs.run_jobs(settings)
+    # The jobs it enqueues build their settings from these (the command line's) and the environment.
+    given = {"redis_url": settings.redis_url, "db": str(settings.db), "queue": settings.queue,
+             "archive_dir": str(settings.archive_dir)}  # fmt: skip
+    jobs.run_jobs(settings, given)
 
 
 @click.command("archive", epilog=env_help(*_RETENTION))

@@ -1,17 +1,20 @@
-"""The `jobs` process: rq's worker and rq's CronScheduler, so that archive passes run on schedule,
-are retried when they fail and are stopped when they run too long.
+"""The `jobs` process: rq's worker, rq's CronScheduler and rq's scheduler of retries, so that archive
+passes run on schedule, are retried when they fail and are stopped when they run too long.
 
-- The scheduler enqueues `schedule_pass` every TASKEVENTS_ARCHIVE_EVERY seconds (the first at start)
-  on `<queue>:jobs`; that small job enqueues the pass, `run_pass`, with rq's `Retry` (3 more tries,
-  30 s, 2 min and 10 min later) and a timeout of JOB_TIMEOUT: rq's CronScheduler takes a timeout but
-  no retry policy for the jobs it enqueues itself.
+- The CronScheduler enqueues `schedule_pass` every TASKEVENTS_ARCHIVE_EVERY seconds (the first at
+  start) on `<queue>:jobs`; that small job enqueues the pass, `run_pass`, with rq's `Retry` (3 more
+  tries, 30 s, 2 min and 10 min later) and a timeout of JOB_TIMEOUT: rq's CronScheduler takes a
+  timeout but no retry policy for the jobs it enqueues itself. Both get the process's settings (the
+  command line's --redis-url, --db and --queue included) as arguments.
 - A pass that stopped at its bounds with work left enqueues the next one at once.
 - However many `jobs` processes run, one pass runs at a time: the pass takes a lock in Redis
   (ingest/retention.py); a pass that finds it held returns at once. Each process's scheduler enqueues
   its own ticks, so N processes run up to N passes per interval, one after the other, the later ones
   finding little to do.
-- rq's `SimpleWorker` runs jobs in this process (no fork per job): a SIGKILL ends the pass with it,
-  and the next pass finishes its work (a pass is idempotent).
+- Nothing forks: rq's `SimpleWorker` runs jobs in this process, and the schedulers (the CronScheduler
+  and rq's `RQScheduler`, which re-enqueues retries when they are due) run on a thread of it, not in
+  the child process rq's `work(with_scheduler=True)` would fork, which a SIGKILL of this process would
+  leave running. A SIGKILL ends the pass with it; the next pass finishes its work (a pass is idempotent).
 """
 
 import datetime as dt
@@ -23,6 +26,7 @@ from typing import Any
 import redis
 from rq import Queue, Retry, SimpleWorker
 from rq.cron import CronScheduler
+from rq.scheduler import RQScheduler
 
 from taskevents.ingest.retention import archive_pass
 from taskevents.keys import QueueKeys
@@ -32,6 +36,12 @@ log = logging.getLogger("taskevents.jobs")
 
 JOB_TIMEOUT = 30 * 60  # seconds: a bounded pass takes well under a minute here
 RETRY = Retry(max=3, interval=[30, 120, 600])
+TICK = 5.0  # seconds between the schedulers' looks at what is due (retries wait 30 s and more)
+HEARTBEAT_AGE = 60.0  # `jobs --check`: the scheduler thread's heartbeat is at most this old
+
+
+def _settings(given: dict[str, str]) -> Settings:
+    return Settings.model_validate(given)  # the rest from the environment, as the jobs process had them
 
 
 def _queue(settings: Settings, client: redis.Redis | None = None) -> Queue:
@@ -39,34 +49,43 @@ def _queue(settings: Settings, client: redis.Redis | None = None) -> Queue:
     return Queue(QueueKeys(settings.queue).jobs, connection=client)
 
 
-def schedule_pass() -> str:
-    """The scheduler's job: enqueue a pass with its retry policy and timeout. Returns its job id."""
-    job = _queue(Settings()).enqueue(run_pass, retry=RETRY, job_timeout=JOB_TIMEOUT, result_ttl=86400)
+def _enqueue_pass(settings: Settings, given: dict[str, str]) -> str:
+    job = _queue(settings).enqueue(
+        run_pass, kwargs={"given": given}, retry=RETRY, job_timeout=JOB_TIMEOUT, result_ttl=86400
+    )
     return str(job.id)
 
 
-def run_pass() -> dict[str, Any]:
+def schedule_pass(given: dict[str, str]) -> str:
+    """The CronScheduler's job: enqueue a pass with its retry policy and timeout. Returns its job id."""
+    return _enqueue_pass(_settings(given), given)
+
+
+def run_pass(given: dict[str, str]) -> dict[str, Any]:
     """One archive pass (rq job); its report is the job's result."""
-    settings = Settings()
+    settings = _settings(given)
     report = archive_pass(settings)
     if report.more:
-        _queue(settings).enqueue(run_pass, retry=RETRY, job_timeout=JOB_TIMEOUT, result_ttl=86400)
+        _enqueue_pass(settings, given)
     return asdict(report)
 
 
-class _Cron(threading.Thread):
-    """rq's CronScheduler, driven from a thread: its own `start()` installs signal handlers, which
-    only the main thread may, and the main thread runs the rq worker."""
+class _Schedulers(threading.Thread):
+    """rq's CronScheduler and RQScheduler, driven from a thread of this process: their own `start()`
+    installs signal handlers (only the main thread may, and it runs the rq worker) or forks."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
-        super().__init__(name="taskevents-cron", daemon=True)
+    def __init__(self, client: redis.Redis, settings: Settings, given: dict[str, str]) -> None:
+        super().__init__(name="taskevents-schedulers", daemon=True)
         self.stopping = threading.Event()
+        jobs = QueueKeys(settings.queue).jobs
         self.cron = CronScheduler(connection=client)
         self.cron.register(
             schedule_pass,
-            queue_name=QueueKeys(settings.queue).jobs,
+            queue_name=jobs,
+            kwargs={"given": given},
             interval=max(1, int(settings.archive_every)),
         )
+        self.retries = RQScheduler([jobs], connection=client)
 
     def run(self) -> None:
         self.cron.register_birth()
@@ -76,38 +95,48 @@ class _Cron(threading.Thread):
                     if self.cron.enqueue_jobs():
                         self.cron.save()
                     self.cron.heartbeat()
+                    if self.retries.should_reacquire_locks:
+                        self.retries.acquire_locks()
+                    if self.retries.acquired_locks:
+                        self.retries.heartbeat()
+                        self.retries.enqueue_scheduled_jobs()
                 except redis.RedisError as exc:
                     log.warning("scheduler: Redis unavailable (%s); trying again", exc)
-                self.stopping.wait(max(1.0, min(self.cron.calculate_sleep_interval(), 15.0)))
+                self.stopping.wait(max(0.5, min(self.cron.calculate_sleep_interval(), TICK)))
         finally:
             try:
+                self.retries.release_locks()
                 self.cron.register_death()
             except redis.RedisError:
                 pass
 
 
-def run_jobs(settings: Settings) -> None:
-    """The `jobs` process: the scheduler on a thread, rq's worker (with its own scheduler for retries)
-    on this one, until SIGTERM (rq finishes the job in hand) or SIGINT."""
+def run_jobs(settings: Settings, given: dict[str, str]) -> None:
+    """The `jobs` process: the schedulers on a thread, rq's worker on this one, until SIGTERM (rq
+    finishes the job in hand) or SIGINT. `given`: the settings the command line gave."""
     client = redis.Redis.from_url(settings.redis_url)
-    cron = _Cron(client, settings)
-    cron.start()
+    schedulers = _Schedulers(client, settings, given)
+    schedulers.start()
     log.info("jobs for %s: an archive pass every %.0f s into %s", settings.queue, settings.archive_every,
              settings.archive_dir)  # fmt: skip
     try:
         worker = SimpleWorker([_queue(settings, client)], connection=client)
-        worker.work(with_scheduler=True, logging_level=settings.log_level.upper())
+        worker.work(logging_level=settings.log_level.upper())
     finally:
-        cron.stopping.set()
-        cron.join(5)
+        schedulers.stopping.set()
+        schedulers.join(10)
 
 
-def check(settings: Settings, max_age: float = 60.0) -> bool:
-    """A `jobs` process is alive: an rq worker of our queue with a recent heartbeat (health check)."""
+def check(settings: Settings) -> bool:
+    """A `jobs` process of this queue is alive: its scheduler thread's heartbeat is recent (it beats
+    every TICK seconds; the rq worker beats only between jobs, so its own heartbeat says less)."""
     client = redis.Redis.from_url(settings.redis_url)
+    jobs = QueueKeys(settings.queue).jobs
     now = dt.datetime.now(dt.UTC)
-    for worker in SimpleWorker.all(connection=client, queue=_queue(settings, client)):
-        beat = worker.last_heartbeat
-        if beat is not None and (now - beat.replace(tzinfo=dt.UTC)).total_seconds() < max_age:
+    for scheduler in CronScheduler.all(connection=client):
+        beat = scheduler.last_heartbeat
+        if beat is None or (now - beat.replace(tzinfo=dt.UTC)).total_seconds() > HEARTBEAT_AGE:
+            continue
+        if any(job.queue_name == jobs for job in scheduler.get_jobs()):
             return True
     return False

@@ -50,7 +50,9 @@ LOCK_TTL_MS = 10_000  # a pass SIGKILLed holds the lock this long at most
 
 _CANDIDATES = """
 SELECT task_id, latest_seq, event_count, last_at FROM tasks INDEXED BY idx_tasks_archivable
-WHERE archived = 0 AND status != 'running' AND last_at < ? ORDER BY last_at LIMIT ?
+WHERE archived = 0 AND status != 'running' AND last_at < ?1
+AND NOT EXISTS (SELECT 1 FROM task_restores AS r WHERE r.task_id = tasks.task_id AND r.restored_at >= ?1)
+ORDER BY last_at LIMIT ?2
 """
 _NAMED = """
 SELECT task_id, latest_seq, event_count, last_at, status, archived FROM tasks
@@ -217,6 +219,7 @@ def _archive_tasks(
             except ArchiveError as exc:
                 report.errors[task_id] = str(exc)
                 log.error("archiving %r failed: %s", task_id, exc)
+                time.sleep((time.monotonic() - started) * pace)
                 continue
             if manifest is None:
                 report.changed.append(task_id)  # it changed since it was listed: a later pass
@@ -231,6 +234,7 @@ def _archive_tasks(
             time.sleep((time.monotonic() - started) * pace)
     finally:
         reader.close()
+    report.more = report.more and bool(report.archived)  # no progress: wait for the next tick
     if report.archived:
         log.info("archived %d tasks (%d events)%s", len(report.archived), report.events,
                  "; more to do" if report.more else "")  # fmt: skip

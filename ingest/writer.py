@@ -332,7 +332,10 @@ class StoreWriter:
             conn.execute(
                 "UPDATE tasks SET archived = 1, archived_failed = ? WHERE task_id = ?", (failed, task_id)
             )
-            conn.execute("INSERT OR IGNORE INTO archive_pending (task_id) VALUES (?)", (task_id,))
+            conn.execute(
+                "INSERT OR IGNORE INTO archive_pending (task_id, last_seq) VALUES (?, ?)",
+                (task_id, latest_seq),
+            )
         self._latest.pop(task_id, None)  # its next event must find it archived
         return True
 
@@ -340,18 +343,19 @@ class StoreWriter:
         """Remove up to `limit` rows of archived tasks not yet emptied; returns how many (0: none left)."""
         with self.fenced() as conn:
             dropped = 0
-            for (task_id,) in conn.execute("SELECT task_id FROM archive_pending LIMIT 8").fetchall():
+            pending = conn.execute("SELECT task_id, last_seq FROM archive_pending LIMIT 8").fetchall()
+            for task_id, last_seq in pending:
                 events = conn.execute(
                     "DELETE FROM task_events WHERE event_id IN "
-                    "(SELECT event_id FROM task_events WHERE task_id = ? LIMIT ?)",
-                    (task_id, limit - dropped),
+                    "(SELECT event_id FROM task_events WHERE task_id = ? AND seq <= ? LIMIT ?)",
+                    (task_id, last_seq, limit - dropped),
                 ).rowcount
                 dropped += events
                 if dropped < limit:
                     dropped += conn.execute(
                         "DELETE FROM spans WHERE task_id = ? AND span_id IN "
-                        "(SELECT span_id FROM spans WHERE task_id = ? LIMIT ?)",
-                        (task_id, task_id, limit - dropped),
+                        "(SELECT span_id FROM spans WHERE task_id = ? AND last_seq <= ? LIMIT ?)",
+                        (task_id, task_id, last_seq, limit - dropped),
                     ).rowcount
                 if dropped < limit:  # both emptied
                     conn.execute("DELETE FROM archive_pending WHERE task_id = ?", (task_id,))
@@ -381,14 +385,27 @@ class StoreWriter:
         return True
 
     def _put_back(self, conn: sqlite3.Connection, task_id: str, rows: TaskRows) -> None:
-        insert_rows(conn, rows, task_row=False)  # the task row is the store's: it may be newer
+        """Raises ArchiveError, with nothing changed, if the rows do not fit the store."""
+        conn.execute("SAVEPOINT put_back")
+        try:
+            insert_rows(conn, rows, task_row=False)  # the task row is the store's: it may be newer
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO put_back")
+            conn.execute("RELEASE put_back")
+            raise ArchiveError(f"its rows do not fit the store: {exc}") from None
+        conn.execute("RELEASE put_back")
         conn.execute("UPDATE tasks SET archived = 0, archived_failed = NULL WHERE task_id = ?", (task_id,))
+        conn.execute(
+            "INSERT OR REPLACE INTO task_restores (task_id, restored_at) VALUES (?, ?)",
+            (task_id, format_ms(time.time_ns())),
+        )
         conn.execute("DELETE FROM archive_pending WHERE task_id = ?", (task_id,))
 
     def _bring_back(self, task_ids: Iterable[str]) -> None:
         """Restore, inside the batch's transaction, the archived tasks among `task_ids`. One whose archive
-        cannot be read stays archived (logged): its late events are stored after the archived seqs all
-        the same, and `taskevents restore` brings the archive's events back once it can be read."""
+        cannot be read stays archived (logged), and none of its rows are removed any more: its late
+        events are stored after the archived seqs all the same (never removed: only seqs up to the
+        archive's are), and `taskevents restore` brings the archive's events back once it can be read."""
         ids = list(task_ids)
         if not ids:
             return
@@ -401,11 +418,11 @@ class StoreWriter:
             try:
                 if self.archive is None:
                     raise ArchiveError("no archive directory configured")
-                rows = self.archive.read(task_id)
+                self._put_back(self._conn, task_id, self.archive.read(task_id))
             except ArchiveError as exc:
                 log.error("a late event for archived task %r, whose archive cannot be read: %s", task_id, exc)
+                self._conn.execute("DELETE FROM archive_pending WHERE task_id = ?", (task_id,))
                 continue
-            self._put_back(self._conn, task_id, rows)
             log.info("task %r restored from its archive (seq 1..%d) for a late event", task_id, latest_seq)
 
     def _drop_duplicates(self, batch: Sequence[Decoded]) -> list[Decoded]:

@@ -179,6 +179,11 @@ def _insert(conn: sqlite3.Connection, table: str, rows: Sequence[dict[str, Any]]
     if not rows:
         return
     names = list(rows[0])
+    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    if not set(names) <= columns or any(list(row) != names for row in rows):
+        raise ArchiveError(
+            f"{table} rows with columns the store does not have: {sorted(set(names) - columns)}"
+        )
     sql = f"INSERT OR IGNORE INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
     conn.executemany(sql, [[row[n] for n in names] for row in rows])
 
@@ -321,8 +326,11 @@ class TaskArchive:
             text = zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_ARCHIVE_BYTES)
         except zstandard.ZstdError as exc:
             raise ArchiveError(f"the archive of {task_id!r} is not zstd: {exc}") from None
-        rows = decode(text)
-        check(rows, manifest)
+        try:
+            rows = decode(text)
+            check(rows, manifest)
+        except (KeyError, TypeError, ValueError) as exc:  # a line without the fields a row needs
+            raise ArchiveError(f"the archive of {task_id!r} is not a task's rows: {exc!r}") from None
         return rows
 
     def manifests(self) -> Iterator[Manifest]:

@@ -108,8 +108,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     -- latest_seq and the task list lists it, while its events and spans live in its archive.
     ALTER TABLE tasks ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tasks ADD COLUMN archived_failed INTEGER;   -- its failed work items (its spans are gone)
-    -- Archived tasks whose rows the worker is still removing, a bounded chunk at a time.
-    CREATE TABLE archive_pending (task_id TEXT PRIMARY KEY) WITHOUT ROWID;
+    -- When a task was last brought back: not archived again for a retention after (beside the task's
+    -- row, which a restore leaves exactly as it was).
+    CREATE TABLE task_restores (task_id TEXT PRIMARY KEY, restored_at TEXT NOT NULL) WITHOUT ROWID;
+    -- Archived tasks whose rows the worker is still removing, a bounded chunk at a time: only rows up to
+    -- the archive's last seq (a late event stored beside an unreadable archive is never removed).
+    CREATE TABLE archive_pending (task_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
     -- What an archive pass looks for: ended tasks, least recently active first.
     CREATE INDEX idx_tasks_archivable ON tasks (last_at) WHERE archived = 0 AND status != 'running';
     """,

@@ -182,6 +182,8 @@ def test_a_missing_or_damaged_archive_answers_410_or_503_never_a_500(stack: Live
         for path_ in ("/api/tasks/gone/events", "/api/tasks/gone/events/snapshot", "/api/tasks/gone/graph"):
             answer = http.get(path_)
             assert answer.status_code == 410 and answer.json()["code"] == "archive_missing", answer.text
+        answer = http.get("/sse/tasks/gone/events")  # before the stream starts, not a stream that breaks
+        assert answer.status_code == 410 and answer.json()["code"] == "archive_missing", answer.text
         answer = http.get("/api/tasks/bad/overview")
         assert answer.status_code == 503 and answer.json()["code"] == "archive_unreadable", answer.text
         assert "SHA-256" in answer.json()["detail"]
@@ -342,3 +344,58 @@ def test_old_dead_letters_move_to_a_file_before_they_leave_redis(settings: Setti
     data = (settings.archive_dir / report.dead_letter_files[0]).read_bytes()
     assert zstandard.ZstdDecompressor().decompress(data).splitlines() == old
     assert archive_pass(settings).dead_letters_moved == 0  # the new one stays: younger than 7 days
+
+
+def _archive_now(settings: Settings, task_id: str) -> None:
+    report = archive_pass(settings, task_ids=[task_id])
+    assert report.archived == [task_id], report
+    wait_for(lambda: _emptied(settings.db, [task_id]), timeout=30)
+
+
+def test_a_late_event_beside_an_unreadable_archive_is_kept_and_restore_merges_it(
+    stack: Live, settings: Settings
+) -> None:
+    for event_type in ("runner_spawn", "runner_heartbeat", "runner_exit"):
+        stack.emitter.emit("late", event_type, span_id="late/r", actor="runner", payload={"exit_code": 0})
+    stack.emitter.flush()
+    wait_for(lambda: _tasks(settings.db).get("late", (0,))[0] == 3, timeout=30)
+    _archive_now(settings, "late")
+    path = settings.archive_dir / key("late")
+    good = path.read_bytes()
+    path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    stack.emitter.emit("late", "runner_heartbeat", span_id="late/r", actor="runner")
+    stack.emitter.flush()
+    wait_for(lambda: _tasks(settings.db)["late"][0] == 4, timeout=30)  # stored, seq 4, all the same
+    time.sleep(1.0)  # the worker's retention steps run meanwhile: they must not remove it
+    assert rows(settings.db, "SELECT seq FROM task_events WHERE task_id = 'late'") == [(4,)]
+    assert _tasks(settings.db)["late"][2] == 1  # still archived: reads say its archive is damaged
+    path.write_bytes(good)  # repaired
+    done = CliRunner().invoke(
+        main, ["restore", "late", "--redis-url", settings.redis_url, "--db", str(settings.db),
+               "--queue", settings.queue], env={"TASKEVENTS_ARCHIVE_DIR": str(settings.archive_dir)},
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert rows(settings.db, "SELECT seq FROM task_events WHERE task_id = 'late' ORDER BY seq") == [
+        (1,),
+        (2,),
+        (3,),
+        (4,),
+    ]
+
+
+def test_a_task_archived_again_is_read_from_its_new_archive(stack: Live, settings: Settings) -> None:
+    stack.emitter.emit("again", "runner_spawn", span_id="again/r", actor="runner")
+    stack.emitter.emit("again", "runner_exit", span_id="again/r", actor="runner", payload={"exit_code": 0})
+    stack.emitter.flush()
+    wait_for(lambda: _tasks(settings.db).get("again", (0,))[0] == 2, timeout=30)
+    _archive_now(settings, "again")
+    with httpx.Client(base_url=stack.api.url) as http:
+        assert http.get("/api/tasks/again/events").json()["total"] == 2  # loaded and kept by the API
+        stack.emitter.emit("again", "runner_heartbeat", span_id="again/r", actor="runner")
+        stack.emitter.flush()
+        wait_for(lambda: _tasks(settings.db)["again"] == (3, "succeeded", 0), timeout=30)  # brought back
+        _archive_now(settings, "again")
+        body = http.get("/api/tasks/again/events").json()
+        assert body["total"] == 3 and [e["seq"] for e in body["events"]] == [1, 2, 3]
+        assert http.get("/api/tasks/again/events/snapshot").json()["archived"] is True
+    assert len(rows(settings.db, "SELECT restored_at FROM task_restores WHERE task_id = 'again'")) == 1
