@@ -17,6 +17,7 @@ one transaction: its size of WAL, and a pause of ingest as long as its insert (~
 """
 
 import logging
+import math
 import time
 from typing import cast
 
@@ -45,6 +46,7 @@ class Retention:
         self._next = 0.0
         self._dropping = True  # until a step finds nothing left to remove (the store may hold some)
         self._reclaiming = True
+        self._free = math.inf  # free pages after the last reclaim step
 
     def due(self) -> bool:
         return time.monotonic() >= self._next
@@ -65,12 +67,15 @@ class Retention:
             applied += 1
         if applied:
             self._dropping = self._reclaiming = True
+            self._free = math.inf
             return True
         if self._dropping:
             self._dropping = writer.drop_archived_rows(DROP_ROWS) > 0
             return True
         if self._reclaiming:
-            self._reclaiming = writer.reclaim(RECLAIM_PAGES) > 0
+            free = writer.reclaim(RECLAIM_PAGES)
+            self._reclaiming = 0 < free < self._free  # done, or nothing moves (never spin on it)
+            self._free = free
             return self._reclaiming
         return False
 
