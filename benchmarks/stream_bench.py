@@ -86,7 +86,7 @@ def parse_args() -> Config:
     parser.add_argument(
         "--archiving", type=int, default=0,
         help="store this many ended simulated runs first, and archive them during the measurement "
-        "(`taskevents archive` passes in a loop, in a process of their own)",
+        "(`taskevents jobs`, retention 0 s: its passes follow one another while the backlog lasts)",
     )  # fmt: skip
     parser.add_argument("--producer", action="store_true", help=argparse.SUPPRESS)  # internal: the emitter
     args = parser.parse_args()
@@ -228,9 +228,12 @@ async def run_clients(
     )  # fmt: skip
     started = time.time()
     passes = None
-    if cfg.archiving:  # archive passes in a loop, as a `jobs` process busy with a backlog would run them
-        loop = f"while :; do {sys.executable} -m taskevents archive --older-than 0s >/dev/null 2>&1; done"
-        passes = await asyncio.create_subprocess_exec("sh", "-c", loop, env=env, start_new_session=True)
+    if cfg.archiving:  # the `jobs` process, with a backlog: its passes follow one another
+        jobs_env = {**env, "TASKEVENTS_RETENTION": "0s", "TASKEVENTS_ARCHIVE_EVERY": "1s"}
+        passes = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "taskevents", "jobs", env=jobs_env, start_new_session=True,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
     await asyncio.sleep(cfg.warmup)
     measure_from[0] = time.time()
     window_start = time.monotonic()

@@ -19,6 +19,7 @@ passes run on schedule, are retried when they fail and are stopped when they run
 
 import datetime as dt
 import logging
+import os
 import threading
 from dataclasses import asdict
 from typing import Any
@@ -37,6 +38,7 @@ log = logging.getLogger("taskevents.jobs")
 JOB_TIMEOUT = 30 * 60  # seconds: a bounded pass takes well under a minute here
 RETRY = Retry(max=3, interval=[30, 120, 600])
 TICK = 5.0  # seconds between the schedulers' looks at what is due (retries wait 30 s and more)
+NICE = 10  # the jobs process's CPU priority, below the worker's and the API's
 HEARTBEAT_AGE = 60.0  # `jobs --check`: the scheduler thread's heartbeat is at most this old
 
 
@@ -114,6 +116,8 @@ class _Schedulers(threading.Thread):
 def run_jobs(settings: Settings, given: dict[str, str]) -> None:
     """The `jobs` process: the schedulers on a thread, rq's worker on this one, until SIGTERM (rq
     finishes the job in hand) or SIGINT. `given`: the settings the command line gave."""
+    # Background work: on a busy machine the worker and the API (ingest, the live stream) come first.
+    os.nice(NICE)
     client = redis.Redis.from_url(settings.redis_url)
     schedulers = _Schedulers(client, settings, given)
     schedulers.start()

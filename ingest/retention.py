@@ -11,7 +11,8 @@ ends at that seq; a late event in between makes the request void, and the task w
   token that expires LOCK_TTL after its holder stops renewing it, e.g. SIGKILLed).
 - Bounded: at most MAX_TASKS tasks and about MAX_EVENTS events a pass (`more` says work is left;
   the `jobs` process runs the next pass at once then). Paced: after each task it sleeps PACE times
-  the time that task took, so a pass uses at most half a core and leaves the rest to ingest.
+  the time that task took, so a pass uses at most a quarter of a core and leaves the rest to ingest
+  and the live stream.
 - Idempotent: killed at any instant, a pass leaves archives that are whole or absent (written to a
   temporary name, then renamed), and tasks that are archived or not; the next pass archives the rest,
   writing an archive again to the same bytes. A dead-letter file is named by its content's hash, and
@@ -45,7 +46,7 @@ MAX_TASKS = 200
 CHECKED = 50  # archives of archived tasks each pass checks (size, SHA-256), a random sample
 MAX_EVENTS = 500_000
 DEAD_CHUNK = 5000  # dead letters per file
-PACE = 1.0  # sleep this many times each task's archiving time (a busy backlog would starve ingest)
+PACE = 3.0  # sleep this many times each task's archiving time: a quarter of a core at most
 LOCK_TTL_MS = 10_000  # a pass SIGKILLed holds the lock this long at most
 
 _CANDIDATES = """
