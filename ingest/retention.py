@@ -22,18 +22,19 @@ ends at that seq; a late event in between makes the request void, and the task w
 import hashlib
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import orjson
 import redis
 import zstandard
 
-from taskevents.archive import LEVEL, ArchiveError, DirectoryStore, TaskArchive, read_rows
+from taskevents.archive import LEVEL, ArchiveError, DirectoryStore, Manifest, TaskArchive, read_rows
 from taskevents.clock import format_ms
 from taskevents.db import open_reader
 from taskevents.keys import QueueKeys
@@ -235,13 +236,15 @@ def _archive_tasks(
             time.sleep((time.monotonic() - started) * pace)
     finally:
         reader.close()
-    report.more = report.more and bool(report.archived)  # no progress: wait for the next tick
+    report.more = report.more and bool(report.archived or report.would_archive)  # else: the next tick
     if report.archived:
         log.info("archived %d tasks (%d events)%s", len(report.archived), report.events,
                  "; more to do" if report.more else "")  # fmt: skip
 
 
-def _archive_one(reader: Any, archive: TaskArchive, task_id: str) -> Any:
+def _archive_one(reader: sqlite3.Connection, archive: TaskArchive, task_id: str) -> Manifest | None:
+    """The task's archive, written from one snapshot of its rows; None if it is not to be archived
+    (it changed since it was listed: archived meanwhile, running again, or empty)."""
     reader.execute("BEGIN")
     try:
         rows = read_rows(reader, task_id)
