@@ -244,19 +244,10 @@ class StoreWriter:
         Raises StoreFenced if another writer took the store over, sqlite3.Error (locked, disk full,
         corrupt, …) with nothing written.
         """
-        if self.epoch is None:
-            raise StoreFenced("take_over() the store before committing to it")
-        conn = self._conn
         created_at = format_ms(time.time_ns())  # the whole batch's, and its dead letters'
         result = CommitResult(batch_id, dead=list(dead), dead_at=created_at, keep=keep)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Inside the write transaction, so no other writer can take over between check and commit.
-            (epoch,) = conn.execute("SELECT writer_epoch FROM ingest_state").fetchone()
-            if epoch != self.epoch:
-                raise StoreFenced(
-                    f"another worker took the store over (epoch {epoch}; ours was {self.epoch})"
-                )
+        # Fenced: no other writer can take over between the epoch's check and the commit.
+        with self.fenced() as conn:
             # A late event of an archived task brings the task back first: its seq goes on from the
             # archived ones, and its event_uids are known again. Cached tasks are not archived.
             self._bring_back({d.event.task_id for d in batch if d.event.task_id not in self._latest})
@@ -275,28 +266,21 @@ class StoreWriter:
                 "UPDATE ingest_state SET last_batch_id = ?, last_batch = ?",
                 (batch_id, result.to_json().decode()),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         # Only now is the new state real: the cache never runs ahead of the store.
         if len(self._latest) + len(task_changes) > self._cache_size:
             self._latest.clear()
         for task_id, change in task_changes.items():
             self._latest[task_id] = change.last_seq
         self.last_batch_id, self.last_batch = batch_id, result
-        self.wal_cap.after_commit()
         return result
 
     def close(self) -> None:
         self._conn.close()
 
-    # --- retention (ingest/archived.py asks; only the writer changes the store) -------------------
-
     @contextmanager
     def fenced(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that commits only while this writer holds the store (its epoch)."""
+        """A write transaction that commits only while this writer holds the store (its epoch): every
+        change of the store (a batch, retention's steps) is made in one."""
         if self.epoch is None:
             raise StoreFenced("take_over() the store before writing to it")
         conn = self._conn
@@ -314,6 +298,8 @@ class StoreWriter:
                 conn.execute("ROLLBACK")
             raise
         self.wal_cap.after_commit()
+
+    # --- retention (ingest/archived.py asks; only the writer changes the store) -------------------
 
     def mark_archived(self, task_id: str, latest_seq: int) -> bool:
         """The task's archive holds seq 1..latest_seq: if the task has ended there (no late event
