@@ -6,8 +6,18 @@ a time between batches, so that the store keeps exactly one writer and ingest ne
   its manifest and the request (last seq, SHA-256) before it marks the task archived; only then may
   its rows go (the pass decoded and checked the archive's rows when it wrote it). A request that no
   longer fits (a late event arrived since) is dropped: the next pass archives the task again.
-- Rows of archived tasks are removed DROP_ROWS at a time; free pages are then given back to the file
-  system RECLAIM_PAGES at a time (`PRAGMA incremental_vacuum`), never by a full VACUUM.
+- Rows of archived tasks are removed a step at a time; free pages are then given back to the file
+  system a step at a time (`PRAGMA incremental_vacuum`), never by a full VACUUM. A step is sized to
+  take about STEP_SECONDS (rows or pages per step follow the rate the last step had), because a batch
+  that arrives during a step waits for it: that wait is what the live stream's latency would feel.
+- While events come, steps take at most BUSY_SHARE of the worker's time (after a step of t seconds,
+  the next one waits t / BUSY_SHARE); once the queue has been empty for QUIET seconds, IDLE_SHARE.
+  Deleting a row costs the writer about as much as inserting it (the table and its seven indexes),
+  CPU that a saturated machine takes from the live stream (its p99 moved by ~10 % while rows went at
+  full pace beside a stream of 2,000 events/s): removal waits for quiet moments, and goes on slowly
+  meanwhile, so a store that is never quiet still empties its archived tasks (about a thousand rows
+  a second here). Pages are given back only when the store is quiet: moving them is costly (their WAL
+  too), and only gives disk back.
 - `restore`: the task's rows are put back from its archive.
 
 Requests are idempotent. One that fails with the store (locked, full) goes back to the list, to be
@@ -30,32 +40,77 @@ from taskevents.messages import ControlRequest
 
 log = logging.getLogger("taskevents.worker")
 
-DROP_ROWS = 2000  # rows removed per step: ~10 ms of the writer's time
-RECLAIM_PAGES = 1024  # pages (4 KiB) given back per step: 4 MiB of WAL at most
-REQUESTS = 16  # control requests read per step
-INTERVAL = 0.25  # seconds between steps while batches keep coming
+STEP_SECONDS = 0.002  # what a step aims to take: a batch arriving meanwhile waits at most about this
+BUSY_SHARE = 0.02  # of the worker's time, at most, while events come
+IDLE_SHARE = 0.25  # of its time, at most, once the queue has been empty for QUIET seconds
+QUIET = 2.0
+ROWS = (64, 256, 4096)  # rows removed per step: least, first, most
+PAGES = (16, 64, 1024)  # pages (4 KiB) given back per step: least, first, most (4 MiB of WAL)
+# Free pages kept, as a share of the file: inserts reuse them anyway, and moving pages is the costly part
+# of a vacuum (its WAL too), so the file is shrunk only once archiving has freed more than this.
+KEEP_FREE = 0.125
+POLL = 0.25  # seconds between looks for requests while there is nothing else to do
+REQUESTS = 16  # control requests applied per step at most (fewer when they take longer)
+
+
+def _resized(size: int, done: int, seconds: float, bounds: tuple[int, int, int]) -> int:
+    """The step size that takes about STEP_SECONDS at the rate the last step had."""
+    if done <= 0 or seconds <= 0:
+        return size
+    least, _, most = bounds
+    return max(least, min(most, int(done / seconds * STEP_SECONDS)))
 
 
 class Retention:
-    """Call `step()` between batches when `due()`; it does one bounded piece of work."""
+    """Call `step()` between batches when `due()`, and `came()` when a claim brought events; a step
+    does one bounded piece of work. `working`: the last step found more to do."""
 
     def __init__(self, client: redis.Redis, keys: QueueKeys, archive: TaskArchive) -> None:
         self._redis = client
         self._keys = keys
         self.archive = archive
-        self._next = 0.0
+        self._busy = self._idle = 0.0  # when the next step is due, while busy / while idle
+        self._came = -math.inf  # when a claim last brought events
+        self.working = True
         self._dropping = True  # until a step finds nothing left to remove (the store may hold some)
         self._reclaiming = True
-        self._free = math.inf  # free pages after the last reclaim step
+        self._free = math.inf  # free pages beyond KEEP_FREE after the last reclaim step
+        self.rows = ROWS[1]
+        self.pages = PAGES[1]
 
-    def due(self) -> bool:
-        return time.monotonic() >= self._next
+    def came(self) -> None:
+        self._came = time.monotonic()
+
+    def due(self, *, idle: bool = False) -> bool:
+        return self.left(idle=idle) <= 0
+
+    def quiet(self) -> bool:
+        """No claim has brought events for QUIET seconds."""
+        return time.monotonic() - self._came >= QUIET
+
+    def left(self, *, idle: bool = False) -> float:
+        """Seconds until the next step is due (`idle`: the queue is empty now)."""
+        return (self._idle if idle and self.quiet() else self._busy) - time.monotonic()
 
     def step(self, writer: StoreWriter) -> bool:
-        """Requests first, then rows to remove, then pages to give back. True if work remains."""
-        self._next = time.monotonic() + INTERVAL
+        """One step (requests, or rows to remove, or pages to give back); True if work remains."""
+        started = time.monotonic()
+        self.working = True  # until the step says otherwise (one that raised is tried again)
+        try:
+            self.working = self._step(writer, started)
+            return self.working
+        finally:
+            ended = time.monotonic()
+            if self.working:
+                self._busy = ended + (ended - started) / BUSY_SHARE
+                self._idle = ended + (ended - started) / IDLE_SHARE
+            else:  # nothing to do: look for requests now and then, not between every two batches
+                self._busy = self._idle = ended + POLL
+
+    def _step(self, writer: StoreWriter, started: float) -> bool:
         applied = 0
-        while applied < REQUESTS:
+        # Each request is a transaction of its own (and a read of its archive): as many as fit the aim.
+        while applied < REQUESTS and (applied == 0 or time.monotonic() - started < STEP_SECONDS):
             raw = cast("bytes | None", self._redis.lpop(self._keys.control))
             if raw is None:
                 break
@@ -70,10 +125,15 @@ class Retention:
             self._free = math.inf
             return True
         if self._dropping:
-            self._dropping = writer.drop_archived_rows(DROP_ROWS) > 0
+            dropped = writer.drop_archived_rows(self.rows)
+            self.rows = _resized(self.rows, dropped, time.monotonic() - started, ROWS)
+            self._dropping = dropped > 0
             return True
-        if self._reclaiming:
-            free = writer.reclaim(RECLAIM_PAGES)
+        # Moving pages is costly and only gives disk back: never while events come.
+        if self._reclaiming and self.quiet():
+            free = writer.reclaim(self.pages, KEEP_FREE)
+            freed = self._free - free if self._free != math.inf else self.pages
+            self.pages = _resized(self.pages, int(freed), time.monotonic() - started, PAGES)
             self._reclaiming = 0 < free < self._free  # done, or nothing moves (never spin on it)
             self._free = free
             return self._reclaiming

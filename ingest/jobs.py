@@ -11,6 +11,8 @@ passes run on schedule, are retried when they fail and are stopped when they run
   (ingest/retention.py); a pass that finds it held returns at once. Each process's scheduler enqueues
   its own ticks, so N processes run up to N passes per interval, one after the other, the later ones
   finding little to do.
+- Passes run at Linux's idle CPU priority (SCHED_IDLE), the schedulers at nice 10: on a saturated
+  machine the worker and the API, and so ingest and the live stream, come first.
 - Nothing forks: rq's `SimpleWorker` runs jobs in this process, and the schedulers (the CronScheduler
   and rq's `RQScheduler`, which re-enqueues retries when they are due) run on a thread of it, not in
   the child process rq's `work(with_scheduler=True)` would fork, which a SIGKILL of this process would
@@ -38,7 +40,7 @@ log = logging.getLogger("taskevents.jobs")
 JOB_TIMEOUT = 30 * 60  # seconds: a bounded pass takes well under a minute here
 RETRY = Retry(max=3, interval=[30, 120, 600])
 TICK = 5.0  # seconds between the schedulers' looks at what is due (retries wait 30 s and more)
-NICE = 10  # the jobs process's CPU priority, below the worker's and the API's
+NICE = 10  # the schedulers' CPU priority, below the worker's and the API's
 HEARTBEAT_AGE = 60.0  # `jobs --check`: the scheduler thread's heartbeat is at most this old
 
 
@@ -121,6 +123,7 @@ def run_jobs(settings: Settings, given: dict[str, str]) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     schedulers = _Schedulers(client, settings, given)
     schedulers.start()
+    _idle_priority()  # this thread runs the passes (and the threads they start)
     log.info("jobs for %s: an archive pass every %.0f s into %s", settings.queue, settings.archive_every,
              settings.archive_dir)  # fmt: skip
     try:
@@ -129,6 +132,15 @@ def run_jobs(settings: Settings, given: dict[str, str]) -> None:
     finally:
         schedulers.stopping.set()
         schedulers.join(10)
+
+
+def _idle_priority() -> None:
+    """The calling thread gets the CPU only when nothing else wants it (Linux's SCHED_IDLE): at nice
+    10 a pass still took a tenth of a saturated core from the live stream, whose latency moved."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError) as exc:  # not Linux: nice alone
+        log.info("no idle CPU priority for passes (%s); nice %d only", exc, NICE)
 
 
 def check(settings: Settings) -> bool:

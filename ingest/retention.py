@@ -12,7 +12,7 @@ ends at that seq; a late event in between makes the request void, and the task w
 - Bounded: at most MAX_TASKS tasks and about MAX_EVENTS events a pass (`more` says work is left;
   the `jobs` process runs the next pass at once then). Paced: after each task it sleeps PACE times
   the time that task took, so a pass uses at most a quarter of a core and leaves the rest to ingest
-  and the live stream.
+  and the live stream (the `jobs` process also runs it at idle CPU priority, ingest/jobs.py).
 - Idempotent: killed at any instant, a pass leaves archives that are whole or absent (written to a
   temporary name, then renamed), and tasks that are archived or not; the next pass archives the rest,
   writing an archive again to the same bytes. A dead-letter file is named by its content's hash, and

@@ -61,6 +61,7 @@ log = logging.getLogger("taskevents.worker")
 T = TypeVar("T")
 
 WAIT_SECONDS = 0.5  # longest block on an empty queue: bounds how late a warm stop or a heartbeat is
+SHORT_WAIT = 0.1  # waits shorter than this are sleeps, not a blocking read of the queue
 STANDBY_POLL = 0.5  # how often a standby tries to take the lease
 FAULT_BACKOFF = (0.5, 5.0)  # seconds between attempts to reopen a broken store: first, most
 STOP_GRACE = 10.0  # seconds a failing commit is still retried after a warm stop
@@ -415,11 +416,21 @@ class Worker:
                         if until_empty:
                             return
                         self._beat_if_due()
-                        if self._retention_step():  # idle: retention's turn, a step at a time
-                            continue
-                        self._retry(self._wait)
+                        retention = self.retention
+                        if retention.due(idle=True) and self._retention_step():
+                            continue  # idle: retention's turn, a step at a time, within its share
+                        # Back when an event comes, or when retention's next step is due. Redis
+                        # ends a blocking wait to within ~0.1 s only (its `hz`), so a shorter one is
+                        # a sleep here, but only once the store is quiet: while events come, a sleep
+                        # would keep the next one waiting.
+                        wait = retention.left(idle=True) if retention.working else WAIT_SECONDS
+                        if wait < SHORT_WAIT and retention.quiet():
+                            self._stop.wait(max(wait, 0.0))
+                        else:
+                            self._retry(partial(self._wait, min(max(wait, SHORT_WAIT), WAIT_SECONDS)))
                         after_batch()  # retries while Redis is down make garbage too
                         continue
+                    self.retention.came()
                     good, dead = decode_batch(claim.items, self.settings.max_payload_bytes)
                     self._finish(pending)
                     pending = None
@@ -466,17 +477,17 @@ class Worker:
             self._claimed.add(claim.slot)
         return claim
 
-    def _wait(self) -> None:
-        """Block on the empty queue for up to WAIT_SECONDS."""
+    def _wait(self, seconds: float = WAIT_SECONDS) -> None:
+        """Block on the empty queue for up to `seconds` (WAIT_SECONDS at most)."""
         try:
-            self.queue.wait(WAIT_SECONDS)
+            self.queue.wait(seconds)
         except redis.OutOfMemoryError as exc:
             # Redis is full of something else and refuses the blocking move: pause instead, and go
             # on looping (its claims and heartbeats work at OOM), so the health check stays true.
             if not self._redis_full:
                 log.warning("Redis refuses writes (%s): waiting for memory", exc)
             self._redis_full = True
-            self._stop.wait(WAIT_SECONDS)
+            self._stop.wait(seconds)
         else:
             self._redis_full = False
 

@@ -19,17 +19,11 @@ import orjson
 
 from taskevents.archive import ArchiveError, TaskArchive, TaskRows, insert_rows
 from taskevents.clock import format_ms
-from taskevents.event import SPAN_CLOSERS, SPAN_OPENERS, WireEvent, exit_reason, exit_status
 from taskevents.ingest.lease import LeaseLost
+from taskevents.ingest.plan import Decoded, SpanChange, TaskChange, plan
 from taskevents.ingest.walcap import WalCap
 
 log = logging.getLogger("taskevents.writer")
-
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    event: WireEvent
-    payload_json: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,38 +81,6 @@ class StoreFenced(LeaseLost):
     """Another worker has taken the store over since this one did: its commit was refused."""
 
 
-@dataclass(slots=True)
-class _TaskChange:
-    existing: bool
-    first_seq: int
-    last_seq: int
-    count: int = 0
-    phase: str | None = None
-    status: str | None = None
-    reason_changed: bool = False  # a runner_exit set exit_reason, or a runner_spawn cleared it
-    exit_reason: str | None = None
-
-
-@dataclass(slots=True)
-class _SpanChange:
-    task_id: str
-    span_id: str
-    parent_span_id: str | None
-    event_type: str
-    phase: str | None
-    first_seq: int
-    last_seq: int
-    count: int = 0
-    state: str = "open"
-    state_changed: bool = False
-    end_seq: int | None = None
-    # From the work item events' payloads (None: this batch did not say): what the UI shows.
-    work_item_id: str | None = None
-    work_type: str | None = None
-    progress: str | None = None  # the latest progress, as JSON
-    error_code: str | None = None
-
-
 # Rows go in as multi-row INSERTs of up to _ROWS_PER_INSERT rows: one statement step per chunk, so
 # SQLite works in C, without taking the GIL back per row (executemany would), while the worker's next
 # batch is validated on the other core. Fixed chunk sizes keep the statements in the sqlite3 cache.
@@ -174,18 +136,6 @@ ON CONFLICT (task_id, span_id) DO UPDATE SET
     error_code = coalesce(excluded.error_code, spans.error_code),
     {state}
 """
-
-
-def _fold_work_item(span: _SpanChange, event_type: str, payload: dict[str, object]) -> None:
-    """What a work item event tells about its span: its id and type, progress, error code."""
-    if isinstance(item := payload.get("work_item_id"), str):
-        span.work_item_id = item
-    if isinstance(kind := payload.get("work_type"), str):
-        span.work_type = kind
-    if event_type == "work_item_progress" and (progress := payload.get("progress")) is not None:
-        span.progress = orjson.dumps(progress).decode()
-    elif event_type == "work_item_failed" and isinstance(code := payload.get("error_code"), str):
-        span.error_code = code
 
 
 class StoreWriter:
@@ -254,7 +204,7 @@ class StoreWriter:
             fresh = self._drop_duplicates(batch)
             result.duplicates = len(batch) - len(fresh)
             latest = self._load_latest({d.event.task_id for d in fresh})
-            rows, task_changes, span_changes = self._plan(fresh, latest, created_at)
+            rows, task_changes, span_changes = plan(fresh, latest, created_at)
             for start in range(0, len(rows), _ROWS_PER_INSERT):
                 chunk = rows[start : start + _ROWS_PER_INSERT]
                 conn.execute(_insert_events_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
@@ -349,16 +299,23 @@ class StoreWriter:
                     break
         return dropped
 
-    def reclaim(self, pages: int) -> int:
-        """Give up to `pages` free pages back to the file system (incremental vacuum); returns how many
-        are still free. Its own small transaction: a bounded amount of WAL, never a full VACUUM."""
+    def reclaim(self, pages: int, keep: float = 0.0) -> int:
+        """Give up to `pages` free pages back to the file system (incremental vacuum), keeping `keep`
+        of the file's pages free for inserts to reuse; returns how many free pages are still beyond
+        that. Its own small transaction: a bounded amount of WAL, never a full VACUUM."""
         conn = self._conn
-        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
-        if free:
-            conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
-            self.wal_cap.after_commit()
+
+        def spare() -> int:
             (free,) = conn.execute("PRAGMA freelist_count").fetchone()
-        return int(free)
+            (total,) = conn.execute("PRAGMA page_count").fetchone()
+            return max(0, int(free) - int(total * keep))
+
+        if (extra := spare()) > 0:
+            # executescript steps the pragma to its end: execute() would free one page a call.
+            conn.executescript(f"PRAGMA incremental_vacuum({min(int(pages), extra)});")
+            self.wal_cap.after_commit()
+            extra = spare()
+        return extra
 
     def restore(self, task_id: str, rows: TaskRows) -> bool:
         """Put an archived task's rows back (those still in the store are kept); False if it is not
@@ -453,68 +410,7 @@ class StoreWriter:
                 latest[task_id] = found.get(task_id)
         return latest
 
-    @staticmethod
-    def _plan(
-        batch: Sequence[Decoded], latest: dict[str, int | None], created_at: str
-    ) -> tuple[list[tuple[object, ...]], dict[str, _TaskChange], dict[tuple[str, str], _SpanChange]]:
-        """Assign seqs in queue order and fold the batch into per-task and per-span changes."""
-        rows: list[tuple[object, ...]] = []
-        tasks: dict[str, _TaskChange] = {}
-        spans: dict[tuple[str, str], _SpanChange] = {}
-        for d in batch:
-            e = d.event
-            task = tasks.get(e.task_id)
-            if task is None:
-                prev = latest[e.task_id]
-                task = tasks[e.task_id] = _TaskChange(
-                    existing=prev is not None, first_seq=(prev or 0) + 1, last_seq=prev or 0
-                )
-            task.last_seq += 1
-            task.count += 1
-            seq = task.last_seq
-            if e.phase is not None:
-                task.phase = e.phase
-            if e.event_type == "runner_spawn":
-                task.status, task.reason_changed, task.exit_reason = "running", True, None
-            elif e.event_type == "runner_exit":
-                task.status = exit_status(e.payload)
-                task.reason_changed, task.exit_reason = True, exit_reason(e.payload)
-
-            key = (e.task_id, e.span_id)
-            span = spans.get(key)
-            if span is None:
-                span = spans[key] = _SpanChange(
-                    e.task_id, e.span_id, e.parent_span_id, e.event_type, e.phase, seq, seq
-                )
-            elif span.parent_span_id is None:
-                span.parent_span_id = e.parent_span_id
-            span.last_seq = seq
-            span.count += 1
-            if e.event_type in SPAN_OPENERS:
-                span.state, span.end_seq, span.state_changed = "open", None, True
-            elif (closed := SPAN_CLOSERS.get(e.event_type)) is not None:
-                span.state, span.end_seq, span.state_changed = closed, seq, True
-            if e.event_type.startswith("work_item_"):
-                _fold_work_item(span, e.event_type, e.payload)
-
-            rows.append(
-                (
-                    e.task_id,
-                    seq,
-                    e.event_type,
-                    e.phase,
-                    e.actor,
-                    e.span_id,
-                    e.parent_span_id,
-                    d.payload_json.decode(),
-                    created_at,
-                    e.event_uid,
-                    e.emitted_at,
-                )
-            )
-        return rows, tasks, spans
-
-    def _write_tasks(self, changes: dict[str, _TaskChange], at: str) -> None:
+    def _write_tasks(self, changes: dict[str, TaskChange], at: str) -> None:
         new = [
             (tid, c.last_seq, c.count, at, at, c.phase, c.status or "running", c.exit_reason)
             for tid, c in changes.items()
@@ -530,7 +426,7 @@ class StoreWriter:
         if old:
             self._conn.executemany(_UPDATE_TASK, old)
 
-    def _write_spans(self, changes: Iterable[_SpanChange], at: str) -> None:
+    def _write_spans(self, changes: Iterable[SpanChange], at: str) -> None:
         groups: dict[bool, list[tuple[object, ...]]] = {True: [], False: []}
         for s in changes:
             ended_at = at if s.end_seq is not None else None

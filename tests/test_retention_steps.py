@@ -1,12 +1,21 @@
 """The worker's retention steps (ingest/archived.py) on their own: they end when there is nothing left
-to do, and never spin on free pages that do not go away (fakeredis: no queue semantics needed here)."""
+to do, never spin on free pages that do not go away, keep each step short and their share of a busy
+worker small (fakeredis: no queue semantics needed here)."""
 
+import os
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import fakeredis
+import pytest
 
 from taskevents.archive import TaskArchive
-from taskevents.ingest.archived import Retention
+from taskevents.db import open_writer
+from taskevents.ingest import jobs
+from taskevents.ingest.archived import BUSY_SHARE, IDLE_SHARE, ROWS, Retention
+from taskevents.ingest.writer import StoreWriter
 from taskevents.keys import QueueKeys
 
 
@@ -21,7 +30,7 @@ class _Writer:
         self.calls.append("drop")
         return 0
 
-    def reclaim(self, pages: int) -> int:
+    def reclaim(self, pages: int, keep: float = 0.0) -> int:
         self.calls.append("reclaim")
         return self.free.pop(0) if len(self.free) > 1 else self.free[0]
 
@@ -43,3 +52,68 @@ def test_steps_end_once_the_pages_are_given_back(tmp_path: Any) -> None:
 def test_steps_stop_when_free_pages_do_not_go_away(tmp_path: Any) -> None:
     writer = _Writer([500])  # a store where incremental vacuum frees nothing
     assert _steps(writer, tmp_path) == 3  # drop, reclaim (500), reclaim (still 500): stop
+
+
+class _SlowWriter:
+    """Removes rows at 100,000 a second (each step sleeps for its share), a million rows in all."""
+
+    def __init__(self) -> None:
+        self.left = 1_000_000
+        self.asked: list[int] = []
+
+    def drop_archived_rows(self, limit: int) -> int:
+        self.asked.append(limit)
+        done = min(limit, self.left)
+        time.sleep(done / 100_000)
+        self.left -= done
+        return done
+
+    def reclaim(self, pages: int, keep: float = 0.0) -> int:
+        return 0
+
+
+def test_a_step_is_sized_to_take_a_few_milliseconds_and_busy_steps_keep_to_their_share(tmp_path: Any) -> None:
+    retention = Retention(fakeredis.FakeRedis(), QueueKeys("t:events"), TaskArchive.at(tmp_path))
+    writer: Any = _SlowWriter()
+    for _ in range(6):
+        started = time.monotonic()
+        retention.step(writer)
+        took = time.monotonic() - started
+    # 100,000 rows/s and a 2 ms aim: about 200 rows a step (sleeps overshoot, so a little fewer)
+    assert writer.asked[0] == ROWS[1]
+    assert ROWS[0] <= writer.asked[-1] <= 260, writer.asked
+    # the next step waits 1 / BUSY_SHARE (busy) or 1 / IDLE_SHARE (idle) times as long as the last took
+    assert retention.left() == pytest.approx(took / BUSY_SHARE, rel=0.2)
+    assert retention.left(idle=True) == pytest.approx(took / IDLE_SHARE, rel=0.2)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_passes_run_at_idle_cpu_priority() -> None:
+    policies: list[int] = []
+
+    def body() -> None:
+        jobs._idle_priority()
+        policies.append(os.sched_getscheduler(0))
+
+    thread = threading.Thread(target=body)  # a thread of its own: the policy is per thread
+    thread.start()
+    thread.join()
+    assert policies == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # this thread's is unchanged
+
+
+def test_reclaim_gives_back_as_many_pages_as_asked_and_keeps_a_share_free(tmp_path: Path) -> None:
+    writer = StoreWriter(open_writer(tmp_path / "s.db"))
+    conn = writer._conn
+    conn.execute("CREATE TABLE filler (data BLOB)")
+    conn.executemany("INSERT INTO filler VALUES (randomblob(3000))", [()] * 2000)
+    conn.execute("DELETE FROM filler")
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    assert free > 1500
+    left = writer.reclaim(100, keep=0.125)
+    assert conn.execute("PRAGMA freelist_count").fetchone()[0] == free - 100  # one call, 100 pages
+    while left:
+        left = writer.reclaim(1000, keep=0.125)
+    free, total = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("freelist_count", "page_count"))
+    assert free <= total * 0.125 < free + 2  # down to the share kept for inserts
+    writer.close()
