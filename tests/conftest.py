@@ -24,6 +24,7 @@ from taskevents.ingest.worker import Worker
 from taskevents.settings import Settings
 from tests.browser import UI_DIR, find_chromium
 from tests.helpers import reap_workers
+from tests.pgserver import find_pg_bin
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -43,6 +44,10 @@ REQUIREMENTS: dict[str, tuple[Callable[[], bool], str]] = {
     "browser": (
         lambda: find_chromium() is not None and importlib.util.find_spec("playwright") is not None,
         "Debian's chromium and Playwright (scripts/test installs chromium as root)",
+    ),
+    "postgres": (
+        lambda: find_pg_bin() is not None and importlib.util.find_spec("psycopg") is not None,
+        "a PostgreSQL server (Debian's postgresql; scripts/test installs it as root) and psycopg",
     ),
     "node": (
         lambda: (
