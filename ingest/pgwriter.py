@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from taskevents.clock import format_ms
-from taskevents.ingest.plan import SpanChange, TaskChange, plan
+from taskevents.ingest.plan import SpanChange, TaskChange, cached_latest, plan, span_rows, span_upsert_set
 from taskevents.ingest.writer import CommitResult, DeadMark, Decoded, StoreFenced
 
 _INSERT_EVENTS = """
@@ -49,25 +49,11 @@ _SPAN_ARRAYS = (
 
 
 def _upsert_spans_sql(state_changed: bool) -> str:
-    """Spans whose state this batch changed take the new state; the others keep theirs."""
-    state = (
-        "state = excluded.state, end_seq = excluded.end_seq, ended_at = excluded.ended_at"
-        if state_changed
-        else "state = spans.state"
-    )
     return f"""
 INSERT INTO spans (task_id, span_id, parent_span_id, event_type, phase, first_seq, last_seq, event_count,
                    state, started_at, end_seq, ended_at, work_item_id, work_type, progress, error_code)
 SELECT * FROM unnest({_SPAN_ARRAYS})
-ON CONFLICT (task_id, span_id) DO UPDATE SET
-    parent_span_id = coalesce(spans.parent_span_id, excluded.parent_span_id),
-    last_seq = excluded.last_seq,
-    event_count = spans.event_count + excluded.event_count,
-    work_item_id = coalesce(excluded.work_item_id, spans.work_item_id),
-    work_type = coalesce(excluded.work_type, spans.work_type),
-    progress = coalesce(excluded.progress, spans.progress),
-    error_code = coalesce(excluded.error_code, spans.error_code),
-    {state}
+{span_upsert_set(state_changed)}
 """
 
 
@@ -192,13 +178,7 @@ class PgStoreWriter:
         return fresh
 
     def _load_latest(self, conn: psycopg.Connection, task_ids: Iterable[str]) -> dict[str, int | None]:
-        latest: dict[str, int | None] = {}
-        missing = []
-        for task_id in task_ids:
-            if task_id in self._latest:
-                latest[task_id] = self._latest[task_id]
-            else:
-                missing.append(task_id)
+        latest, missing = cached_latest(self._latest, task_ids)
         if missing:
             found = {
                 row[0]: int(row[1])
@@ -229,14 +209,6 @@ class PgStoreWriter:
 
     @staticmethod
     def _write_spans(conn: psycopg.Connection, changes: Iterable[SpanChange], at: str) -> None:
-        groups: dict[bool, list[tuple[object, ...]]] = {True: [], False: []}
-        for s in changes:
-            ended_at = at if s.end_seq is not None else None
-            groups[s.state_changed].append(
-                (s.task_id, s.span_id, s.parent_span_id, s.event_type, s.phase, s.first_seq, s.last_seq)
-                + (s.count, s.state, at, s.end_seq, ended_at)
-                + (s.work_item_id, s.work_type, s.progress, s.error_code)
-            )
-        for state_changed, rows in groups.items():
+        for state_changed, rows in span_rows(changes, at).items():
             if rows:
                 conn.execute(_upsert_spans_sql(state_changed), _columns(rows, 16))

@@ -1,7 +1,7 @@
 """Planning a batch: seqs assigned in queue order, folded into per-task and per-span changes. Pure:
 the same for every store (ingest/writer.py for SQLite, ingest/pgwriter.py for PostgreSQL)."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -118,3 +118,47 @@ def plan(
             )
         )
     return rows, tasks, spans
+
+
+# What an upsert of a span already stored keeps and takes (the same SQL in SQLite and PostgreSQL):
+# spans whose state this batch changed take the new state; the others keep theirs.
+def span_upsert_set(state_changed: bool) -> str:
+    state = (
+        "state = excluded.state, end_seq = excluded.end_seq, ended_at = excluded.ended_at"
+        if state_changed
+        else "state = spans.state"
+    )
+    return f"""ON CONFLICT (task_id, span_id) DO UPDATE SET
+    parent_span_id = coalesce(spans.parent_span_id, excluded.parent_span_id),
+    last_seq = excluded.last_seq,
+    event_count = spans.event_count + excluded.event_count,
+    work_item_id = coalesce(excluded.work_item_id, spans.work_item_id),
+    work_type = coalesce(excluded.work_type, spans.work_type),
+    progress = coalesce(excluded.progress, spans.progress),
+    error_code = coalesce(excluded.error_code, spans.error_code),
+    {state}"""
+
+
+def span_rows(changes: Iterable[SpanChange], at: str) -> dict[bool, list[tuple[object, ...]]]:
+    """The spans table's rows for `changes`, by whether the batch changed the span's state."""
+    groups: dict[bool, list[tuple[object, ...]]] = {True: [], False: []}
+    for s in changes:
+        ended_at = at if s.end_seq is not None else None
+        groups[s.state_changed].append(
+            (s.task_id, s.span_id, s.parent_span_id, s.event_type, s.phase, s.first_seq, s.last_seq)
+            + (s.count, s.state, at, s.end_seq, ended_at)
+            + (s.work_item_id, s.work_type, s.progress, s.error_code)
+        )
+    return groups
+
+
+def cached_latest(cache: dict[str, int], task_ids: Iterable[str]) -> tuple[dict[str, int | None], list[str]]:
+    """The latest seqs `cache` knows, and the tasks it does not (to read from the store)."""
+    latest: dict[str, int | None] = {}
+    missing = []
+    for task_id in task_ids:
+        if task_id in cache:
+            latest[task_id] = cache[task_id]
+        else:
+            missing.append(task_id)
+    return latest, missing

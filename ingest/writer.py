@@ -20,7 +20,15 @@ import orjson
 from taskevents.archive import ArchiveError, TaskArchive, TaskRows, insert_rows
 from taskevents.clock import format_ms
 from taskevents.ingest.lease import LeaseLost
-from taskevents.ingest.plan import Decoded, SpanChange, TaskChange, plan
+from taskevents.ingest.plan import (
+    Decoded,
+    SpanChange,
+    TaskChange,
+    cached_latest,
+    plan,
+    span_rows,
+    span_upsert_set,
+)
 from taskevents.ingest.walcap import WalCap
 
 log = logging.getLogger("taskevents.writer")
@@ -119,23 +127,7 @@ _ROWS_PER_UPSERT = 500
 def _upsert_spans_sql(rows: int, state_changed: bool) -> str:
     """Spans whose state this batch changed take the new state; the others keep theirs."""
     values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * rows)
-    state = (
-        "state = excluded.state, end_seq = excluded.end_seq, ended_at = excluded.ended_at"
-        if state_changed
-        else "state = spans.state"
-    )
-    return f"""
-INSERT INTO spans ({_SPAN_COLUMNS}) VALUES {values}
-ON CONFLICT (task_id, span_id) DO UPDATE SET
-    parent_span_id = coalesce(spans.parent_span_id, excluded.parent_span_id),
-    last_seq = excluded.last_seq,
-    event_count = spans.event_count + excluded.event_count,
-    work_item_id = coalesce(excluded.work_item_id, spans.work_item_id),
-    work_type = coalesce(excluded.work_type, spans.work_type),
-    progress = coalesce(excluded.progress, spans.progress),
-    error_code = coalesce(excluded.error_code, spans.error_code),
-    {state}
-"""
+    return f"INSERT INTO spans ({_SPAN_COLUMNS}) VALUES {values}\n{span_upsert_set(state_changed)}"
 
 
 class StoreWriter:
@@ -392,13 +384,7 @@ class StoreWriter:
 
     def _load_latest(self, task_ids: Iterable[str]) -> dict[str, int | None]:
         """Latest committed seq of each task; None for a task the store has never seen."""
-        latest: dict[str, int | None] = {}
-        missing = []
-        for task_id in task_ids:
-            if task_id in self._latest:
-                latest[task_id] = self._latest[task_id]
-            else:
-                missing.append(task_id)
+        latest, missing = cached_latest(self._latest, task_ids)
         if missing:
             found = dict(
                 self._conn.execute(
@@ -427,15 +413,7 @@ class StoreWriter:
             self._conn.executemany(_UPDATE_TASK, old)
 
     def _write_spans(self, changes: Iterable[SpanChange], at: str) -> None:
-        groups: dict[bool, list[tuple[object, ...]]] = {True: [], False: []}
-        for s in changes:
-            ended_at = at if s.end_seq is not None else None
-            groups[s.state_changed].append(
-                (s.task_id, s.span_id, s.parent_span_id, s.event_type, s.phase, s.first_seq, s.last_seq)
-                + (s.count, s.state, at, s.end_seq, ended_at)
-                + (s.work_item_id, s.work_type, s.progress, s.error_code)
-            )
-        for state_changed, rows in groups.items():
+        for state_changed, rows in span_rows(changes, at).items():
             for start in range(0, len(rows), _ROWS_PER_UPSERT):
                 chunk = rows[start : start + _ROWS_PER_UPSERT]
                 sql = _upsert_spans_sql(len(chunk), state_changed)
