@@ -334,11 +334,12 @@ def archived_count(db: Path) -> int:
         conn.close()
 
 
-def run(cfg: Config, tmp: Path) -> dict[str, Any]:
+def run(cfg: Config, tmp: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One measurement; `extra_env`: settings for the worker and the API (stream_pairs.py)."""
     server = RedisServer(tmp / "redis").start()
     port = free_port()
-    env = dict(os.environ, TASKEVENTS_REDIS_URL=server.url, TASKEVENTS_DB=str(tmp / "events.db"),
-               TASKEVENTS_QUEUE=QUEUE, TASKEVENTS_LOG_LEVEL="WARNING",
+    env = dict(os.environ, **(extra_env or {}), TASKEVENTS_REDIS_URL=server.url,
+               TASKEVENTS_DB=str(tmp / "events.db"), TASKEVENTS_QUEUE=QUEUE, TASKEVENTS_LOG_LEVEL="WARNING",
                TASKEVENTS_ARCHIVE_DIR=str(tmp / "archive"))  # fmt: skip
     worker = subprocess.Popen([sys.executable, "-m", "taskevents.ingest"], env=env, cwd=ROOT)
     api = subprocess.Popen([sys.executable, "-m", "taskevents.api", "--port", str(port)], env=env, cwd=ROOT)
@@ -380,7 +381,7 @@ def run(cfg: Config, tmp: Path) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
         server.stop()
-    config = {**asdict(cfg), "output": str(cfg.output)}
+    config = {**asdict(cfg), "output": str(cfg.output), "env": extra_env or {}}
     return {"config": config, "targets": TARGETS, "environment": environment, **measured}
 
 

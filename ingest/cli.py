@@ -31,6 +31,7 @@ log = logging.getLogger("taskevents.cli")
         "batch_size",
         "max_payload_bytes",
         "sqlite_synchronous",
+        "checkpoint_interval",
         "max_attempts",
         "heartbeat_ttl",
         "archive_dir",

@@ -19,9 +19,11 @@ external `sqlite3` shell left in a transaction) costs one wait per step, soon on
 
 import logging
 import sqlite3
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from taskevents.db import BUSY_TIMEOUT_MS, WAL_LIMIT_BYTES
+from taskevents.ingest.checkpointer import Checkpointer
 
 log = logging.getLogger("taskevents.writer")
 
@@ -29,10 +31,19 @@ MiB = 1 << 20
 
 
 class WalCap:
-    """Call `after_commit()` after each commit of the writer connection `conn`."""
+    """Call `after_commit()` after each commit of the writer connection `conn`. `checkpointer`: the
+    store's background one (ingest/checkpointer.py), whose restarts of the WAL it completes."""
 
-    def __init__(self, conn: sqlite3.Connection, limit: int = WAL_LIMIT_BYTES, wait_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        limit: int = WAL_LIMIT_BYTES,
+        wait_ms: int = 1000,
+        checkpointer: Checkpointer | None = None,
+    ) -> None:
         self._conn = conn
+        self._checkpointer = checkpointer
+        self._lock: AbstractContextManager[object] = checkpointer.lock if checkpointer else nullcontext()
         self.limit = limit
         self.wait_ms = wait_ms
         path = conn.execute("PRAGMA database_list").fetchone()[2]
@@ -44,6 +55,9 @@ class WalCap:
     def after_commit(self) -> None:
         if self._wal is None:
             return
+        if self._checkpointer is not None and self._checkpointer.restart_due:
+            self._checkpointer.restart_due = False
+            self._restart()
         try:
             size = self._wal.stat().st_size
         except OSError:
@@ -68,15 +82,28 @@ class WalCap:
                 "WAL at %.0f MiB (readers overlapping without a pause): checkpointed, emptied", size / MiB
             )
 
+    def _restart(self) -> None:
+        """The background checkpointer has copied a long WAL: copy the few frames committed since,
+        so that the next commit starts the WAL over."""
+        try:
+            with self._lock:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # committed all the same; the next pass sets restart_due again
+            log.warning("WAL checkpoint before its restart failed: %s", exc)
+
     def _truncate(self) -> bool:
         """A TRUNCATE checkpoint waiting at most `wait_ms`; True if readers kept it from finishing."""
         conn = self._conn
         try:
-            conn.execute(f"PRAGMA busy_timeout = {self.wait_ms}")
-            try:
-                return bool(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            with self._lock:
+                return self._truncate_now(conn)
         except sqlite3.Error as exc:  # the batch is committed: a failed checkpoint must not undo that
             log.warning("forced WAL checkpoint failed: %s", exc)
             return True
+
+    def _truncate_now(self, conn: sqlite3.Connection) -> bool:
+        conn.execute(f"PRAGMA busy_timeout = {self.wait_ms}")
+        try:
+            return bool(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

@@ -47,6 +47,7 @@ from taskevents.db import open_writer
 from taskevents.event import max_element_bytes
 from taskevents.ingest.archived import Retention
 from taskevents.ingest.batch import dead_letters, decode_batch
+from taskevents.ingest.checkpointer import Checkpointer
 from taskevents.ingest.lease import Lease, LeaseHeld, LeaseLost
 from taskevents.ingest.queue import Claim, WorkQueue
 from taskevents.ingest.recovery import recover
@@ -193,8 +194,14 @@ class Worker:
         if self._writer is None or _file_id(self.settings.db) != self._writer_file:
             self._close_store()
             with _store_faults():
-                conn = open_writer(self.settings.db, self.settings.sqlite_synchronous)
-                self._writer = StoreWriter(conn, archive=self._archive)
+                settings = self.settings
+                conn = open_writer(settings.db, settings.sqlite_synchronous)
+                checkpointer = None
+                if settings.checkpoint_interval > 0:
+                    checkpointer = Checkpointer(
+                        settings.db, settings.sqlite_synchronous, settings.checkpoint_interval
+                    )
+                self._writer = StoreWriter(conn, archive=self._archive, checkpointer=checkpointer)
             self._writer_file = _file_id(self.settings.db)
         return self._writer
 

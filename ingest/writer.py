@@ -19,6 +19,7 @@ import orjson
 
 from taskevents.archive import ArchiveError, TaskArchive, TaskRows, insert_rows
 from taskevents.clock import format_ms
+from taskevents.ingest.checkpointer import Checkpointer
 from taskevents.ingest.lease import LeaseLost
 from taskevents.ingest.plan import (
     Decoded,
@@ -134,9 +135,16 @@ class StoreWriter:
     """Owns the read-write connection; `commit` is the only way events get into the store."""
 
     def __init__(
-        self, conn: sqlite3.Connection, *, seq_cache_size: int = 100_000, archive: TaskArchive | None = None
+        self,
+        conn: sqlite3.Connection,
+        *,
+        seq_cache_size: int = 100_000,
+        archive: TaskArchive | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
+        """`checkpointer`: the background one of this store (closed with the writer), if any."""
         self._conn = conn
+        self.checkpointer = checkpointer
         self.archive = archive  # where an archived task's rows are, when a late event brings it back
         # task_id -> latest committed seq. Bounded: cleared when full, refilled from `tasks` on demand.
         self._latest: dict[str, int] = {}
@@ -145,7 +153,9 @@ class StoreWriter:
         self.last_batch_id, self.last_batch = self._committed(
             conn.execute("SELECT last_batch_id, last_batch FROM ingest_state").fetchone()
         )
-        self.wal_cap = WalCap(conn)
+        if checkpointer is not None:  # it checkpoints instead, and WalCap restarts the WAL
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self.wal_cap = WalCap(conn, checkpointer=checkpointer)
 
     @staticmethod
     def _committed(row: tuple[int, str | None]) -> tuple[int, CommitResult | None]:
@@ -217,6 +227,8 @@ class StoreWriter:
         return result
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         self._conn.close()
 
     @contextmanager

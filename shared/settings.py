@@ -110,6 +110,13 @@ class Settings(ProducerSettings, ApiClientSettings):
         description="SQLite `synchronous` of the worker: FULL also survives a power loss "
         "(docs/reliability.md).",
     )
+    checkpoint_interval: float = Field(
+        0.25,
+        ge=0,
+        description="Seconds between the worker's WAL checkpoints, run on a thread of their own so "
+        "that no commit waits for one (docs/reliability.md); 0 leaves them to SQLite, inside the "
+        "commit that crosses 64 MiB of WAL.",
+    )
     max_attempts: int = Field(
         3,
         ge=1,

@@ -109,6 +109,7 @@ _WORKER = [
     "batch_size",
     "max_payload_bytes",
     "sqlite_synchronous",
+    "checkpoint_interval",
     "max_attempts",
 ]
 READS = {
