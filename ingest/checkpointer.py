@@ -14,8 +14,10 @@ copying only the frames committed since that pass, a commit or two, and its next
 WAL from its beginning. WalCap's forced TRUNCATE (readers that will not let go) and that short
 checkpoint take `lock`, so they never find SQLite's checkpoint lock held by this thread.
 
-Durability is unchanged or better: with synchronous=NORMAL a checkpoint syncs the WAL first, so a
-power loss rolls back at most the last `interval` of commits (docs/reliability.md).
+Durability: with synchronous=NORMAL a checkpoint that copies syncs the WAL first, so a power loss
+usually rolls back only the last `interval` of commits. A pass that can copy nothing (readers still in
+older snapshots) syncs nothing, so while readers hold it up the window is as long as before, until
+WalCap's forced checkpoint (docs/reliability.md).
 """
 
 import logging

@@ -96,14 +96,11 @@ class WalCap:
         conn = self._conn
         try:
             with self._lock:
-                return self._truncate_now(conn)
+                conn.execute(f"PRAGMA busy_timeout = {self.wait_ms}")
+                try:
+                    return bool(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:  # the batch is committed: a failed checkpoint must not undo that
             log.warning("forced WAL checkpoint failed: %s", exc)
             return True
-
-    def _truncate_now(self, conn: sqlite3.Connection) -> bool:
-        conn.execute(f"PRAGMA busy_timeout = {self.wait_ms}")
-        try:
-            return bool(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

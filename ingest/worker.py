@@ -197,11 +197,17 @@ class Worker:
                 settings = self.settings
                 conn = open_writer(settings.db, settings.sqlite_synchronous)
                 checkpointer = None
-                if settings.checkpoint_interval > 0:
-                    checkpointer = Checkpointer(
-                        settings.db, settings.sqlite_synchronous, settings.checkpoint_interval
-                    )
-                self._writer = StoreWriter(conn, archive=self._archive, checkpointer=checkpointer)
+                try:
+                    if settings.checkpoint_interval > 0:
+                        checkpointer = Checkpointer(
+                            settings.db, settings.sqlite_synchronous, settings.checkpoint_interval
+                        )
+                    self._writer = StoreWriter(conn, archive=self._archive, checkpointer=checkpointer)
+                except BaseException:  # a store that opens but cannot be written: leave nothing running
+                    if checkpointer is not None:
+                        checkpointer.close()
+                    conn.close()
+                    raise
             self._writer_file = _file_id(self.settings.db)
         return self._writer
 

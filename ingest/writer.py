@@ -227,9 +227,11 @@ class StoreWriter:
         return result
 
     def close(self) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.close()
-        self._conn.close()
+        try:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
+        finally:
+            self._conn.close()
 
     @contextmanager
     def fenced(self) -> Iterator[sqlite3.Connection]:
