@@ -63,6 +63,7 @@ class Config:
     warmup: float = 3.0
     output: Path = HERE / "results" / "stream.json"
     archiving: int = 0  # ended runs stored first, archived by passes during the measurement
+    passes: bool = True  # False: the backlog stored, no `jobs` process (stream_pairs.py's control)
 
 
 def parse_args() -> Config:
@@ -227,10 +228,10 @@ async def run_clients(
         "--rate", str(cfg.rate), "--seconds", str(cfg.seconds), env=env, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     started = time.time()
-    passes = None
-    if cfg.archiving:  # the `jobs` process, with a backlog: its passes follow one another
+    jobs = None
+    if cfg.archiving and cfg.passes:  # the `jobs` process, with a backlog: its passes follow one another
         jobs_env = {**env, "TASKEVENTS_RETENTION": "0s", "TASKEVENTS_ARCHIVE_EVERY": "1s"}
-        passes = await asyncio.create_subprocess_exec(
+        jobs = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "taskevents", "jobs", env=jobs_env, start_new_session=True,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
@@ -251,9 +252,9 @@ async def run_clients(
     batches = int(client.hget(QueueKeys(QUEUE).stats, "batches") or 0) - batches0
     ingested = int(client.hget(QueueKeys(QUEUE).stats, "ingested") or 0) - ingested0
     archived = None
-    if passes is not None:
-        os.killpg(passes.pid, signal.SIGKILL)
-        await passes.wait()
+    if jobs is not None:
+        os.killpg(jobs.pid, signal.SIGKILL)
+        await jobs.wait()
         archived = archived_count(Path(env["TASKEVENTS_DB"]))
 
     out, _ = await producer.communicate()
