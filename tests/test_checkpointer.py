@@ -78,7 +78,8 @@ def test_the_wal_starts_over_under_continuous_commits(
     """Once the thread has copied a WAL of `pages` frames, the writer copies the last commit's and its
     next commit starts the WAL from its beginning: many small commits keep it near `pages`, not
     growing with the data. The control (no restart asked for) is why the writer has that part: the
-    thread's copies race the next commit, and the WAL grows with everything written."""
+    thread's copies race the next commit, and the WAL grows until a pass happens to finish between two
+    commits (the file keeps its largest size: 2.8-5 times the bound in clean-clone runs)."""
     small = settings.model_copy(update={"checkpoint_interval": 0.01, "batch_size": 20})
     wal = Path(f"{settings.db}-wal")
     with Worker(small) as worker:
@@ -93,12 +94,13 @@ def test_the_wal_starts_over_under_continuous_commits(
         written = worker.writer._conn.execute("SELECT count(*) FROM task_events").fetchone()[0]
     assert written == 5000
     # A commit of 20 events writes a few dozen pages, and the drain commits a few hundred of them in
-    # the thread's 10 ms: the WAL stays within ~1,000 pages, and holds ~9,000 if it never restarts.
+    # the thread's 10 ms: the WAL stays within ~1,000 pages, and holds up to ~9,000 if it never
+    # restarts (how soon the control's restarts by chance is timing: only "past the bound" is sure).
     bound = 1000 * (page_size + 24)
     if pages == 64:
         assert largest < bound, largest
     else:
-        assert largest > 5 * bound, largest
+        assert largest > bound, largest
 
 
 def test_the_thread_ends_with_the_writer(settings: Settings, client: redis.Redis) -> None:
