@@ -10,14 +10,15 @@ a time between batches, so that the store keeps exactly one writer and ingest ne
   system a step at a time (`PRAGMA incremental_vacuum`), never by a full VACUUM. A step is sized to
   take about STEP_SECONDS (rows or pages per step follow the rate the last step had), because a batch
   that arrives during a step waits for it: that wait is what the live stream's latency would feel.
-- While events come, steps take at most BUSY_SHARE of the worker's time (after a step of t seconds,
-  the next one waits t / BUSY_SHARE); once the queue has been empty for QUIET seconds, IDLE_SHARE.
-  Deleting a row costs the writer about as much as inserting it (the table and its seven indexes),
-  CPU that a saturated machine takes from the live stream (its p99 moved by ~10 % while rows went at
-  full pace beside a stream of 2,000 events/s): removal waits for quiet moments, and goes on slowly
-  meanwhile, so a store that is never quiet still empties its archived tasks (about a thousand rows
-  a second here). Pages are given back only when the store is quiet: moving them is costly (their WAL
-  too), and only gives disk back.
+- Removal waits for quiet moments: once the queue has been empty for QUIET seconds, steps take at
+  most IDLE_SHARE of the worker's time (after a step of t seconds, the next one waits t / IDLE_SHARE).
+  While events come, rows are removed only once more than BACKLOG of them wait (then at BUSY_SHARE,
+  down to the bound): deleting a row costs the writer about as much as inserting it (the table and
+  its seven indexes), CPU that a saturated machine takes from the live stream (its p99 rose by a
+  fifth with removal at 2 % of the worker's time beside a stream of 2,000 events/s). Rows waiting
+  are only space: every read of an archived task comes from its archive. So a store that is never
+  quiet holds at most about BACKLOG archived rows (~230 MB at 463 bytes an event). Pages are given
+  back only when the store is quiet: moving them is costly (their WAL too), and only gives disk back.
 - `restore`: the task's rows are put back from its archive.
 
 Requests are idempotent. One that fails with the store (locked, full) goes back to the list, to be
@@ -41,9 +42,10 @@ from taskevents.messages import ControlRequest
 log = logging.getLogger("taskevents.worker")
 
 STEP_SECONDS = 0.002  # what a step aims to take: a batch arriving meanwhile waits at most about this
-BUSY_SHARE = 0.02  # of the worker's time, at most, while events come
+BUSY_SHARE = 0.02  # of the worker's time, at most, while events come and more than BACKLOG rows wait
 IDLE_SHARE = 0.25  # of its time, at most, once the queue has been empty for QUIET seconds
 QUIET = 2.0
+BACKLOG = 500_000  # archived rows left in the store while events come, at most (about)
 ROWS = (64, 256, 4096)  # rows removed per step: least, first, most
 PAGES = (16, 64, 1024)  # pages (4 KiB) given back per step: least, first, most (4 MiB of WAL)
 # Free pages kept, as a share of the file: inserts reuse them anyway, and moving pages is the costly part
@@ -125,6 +127,8 @@ class Retention:
             self._free = math.inf
             return True
         if self._dropping:
+            if not self.quiet() and writer.archived_backlog() <= BACKLOG:
+                return False  # they wait for a quiet moment; looked at again after POLL
             dropped = writer.drop_archived_rows(self.rows)
             self.rows = _resized(self.rows, dropped, time.monotonic() - started, ROWS)
             self._dropping = dropped > 0

@@ -305,6 +305,12 @@ class StoreWriter:
                     break
         return dropped
 
+    def archived_backlog(self) -> int:
+        """About how many rows of archived tasks wait to be removed (each waiting task counted whole:
+        a task partly removed counts a little high)."""
+        (rows,) = self._conn.execute("SELECT total(last_seq) FROM archive_pending").fetchone()
+        return int(rows)
+
     def reclaim(self, pages: int, keep: float = 0.0) -> int:
         """Give up to `pages` free pages back to the file system (incremental vacuum), keeping `keep`
         of the file's pages free for inserts to reuse; returns how many free pages are still beyond

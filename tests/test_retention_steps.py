@@ -14,7 +14,7 @@ import pytest
 from taskevents.archive import TaskArchive
 from taskevents.db import open_writer
 from taskevents.ingest import jobs
-from taskevents.ingest.archived import BUSY_SHARE, IDLE_SHARE, ROWS, Retention
+from taskevents.ingest.archived import BACKLOG, BUSY_SHARE, IDLE_SHARE, QUIET, ROWS, Retention
 from taskevents.ingest.writer import StoreWriter
 from taskevents.keys import QueueKeys
 
@@ -117,3 +117,24 @@ def test_reclaim_gives_back_as_many_pages_as_asked_and_keeps_a_share_free(tmp_pa
     free, total = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("freelist_count", "page_count"))
     assert free <= total * 0.125 < free + 2  # down to the share kept for inserts
     writer.close()
+
+
+class _Backlog(_SlowWriter):
+    """Rows of archived tasks waiting: `left` of them, as the store's archive_pending says."""
+
+    def archived_backlog(self) -> int:
+        return self.left
+
+
+def test_while_events_come_rows_wait_for_a_quiet_moment_unless_too_many_wait(tmp_path: Any) -> None:
+    retention = Retention(fakeredis.FakeRedis(), QueueKeys("t:events"), TaskArchive.at(tmp_path))
+    writer: Any = _Backlog()
+    writer.left = BACKLOG
+    retention.came()  # events come
+    assert retention.step(writer) is False and writer.asked == []  # nothing removed: a bounded backlog
+    writer.left = BACKLOG + 1_000
+    assert retention.step(writer) is True and writer.asked == [ROWS[1]]  # beyond the bound: removal
+    retention._came -= QUIET  # the queue has been empty for QUIET seconds
+    writer.left = 10
+    assert retention.step(writer) is True and writer.asked[-1] > 0  # quiet: whatever is left goes
+    assert writer.left == 0
