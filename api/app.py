@@ -65,10 +65,10 @@ def create_app(
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    app.state.store = ReadStore(settings.db, size=pool_size, timeout=settings.query_timeout)
+    app.state.store = ReadStore(settings.sqlite_path, size=pool_size, timeout=settings.query_timeout)
     # The event loop's own connection, for the short reads endpoints make inline (api/tasks.py): the
     # loop runs one read at a time, so it never waits for a connection the pool's threads hold.
-    app.state.loop_store = ReadStore(settings.db, size=1, timeout=settings.query_timeout)
+    app.state.loop_store = ReadStore(settings.sqlite_path, size=1, timeout=settings.query_timeout)
     app.state.archives = ArchivedReads(settings.archive_dir)
     app.state.store.archives = app.state.loop_store.archives = app.state.archives
     app.state.reads = ReadRunner(app.state.loop_store, app.state.store)

@@ -5,7 +5,7 @@ import uvicorn
 
 from taskevents.api.app import create_app
 from taskevents.api.stream import WS_MAX_SIZE
-from taskevents.cli import env_help, settings_options
+from taskevents.cli import env_help, settings_options, sqlite_only
 from taskevents.settings import Settings
 
 
@@ -41,6 +41,7 @@ def api_command(settings: Settings, host: str | None, port: int | None, access_l
     exists, then serve. Readiness at /api/ready, Prometheus metrics at /metrics. SIGTERM or Ctrl-C:
     finish the requests in hand, then exit.
     """
+    sqlite_only(settings, "the read API")
     app = create_app(settings)
     uvicorn.run(
         app,

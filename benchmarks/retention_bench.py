@@ -114,7 +114,7 @@ def emit_runs(settings: Settings, tasks: int, prefix: str) -> int:
 
 
 def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TASKEVENTS_REDIS_URL": settings.redis_url, "TASKEVENTS_DB": str(settings.db),
+    env = {**os.environ, "TASKEVENTS_REDIS_URL": settings.redis_url, "TASKEVENTS_DB": settings.db,
            "TASKEVENTS_QUEUE": settings.queue, "TASKEVENTS_ARCHIVE_DIR": str(settings.archive_dir),
            "TASKEVENTS_LOG_LEVEL": "WARNING"}  # fmt: skip
     with log.open("ab") as out:
@@ -131,7 +131,7 @@ def ingest_round(
 ) -> dict[str, Any]:
     """A backlog of `tasks` runs queued first, then drained by a fresh worker; meanwhile, if `archiving`
     names tasks, archive passes archive them (and the worker removes their rows)."""
-    before = stored(settings.db)
+    before = stored(settings.sqlite_path)
     events = emit_runs(settings, tasks, prefix)
     worker = start_worker(settings, log)
     stop_passes = threading.Event()
@@ -146,11 +146,11 @@ def ingest_round(
             left = left[MAX_TASKS:]
 
     try:
-        first = wait(lambda: stored(settings.db) > before, interval=0.01)
+        first = wait(lambda: stored(settings.sqlite_path) > before, interval=0.01)
         thread = threading.Thread(target=archiver)
         if archiving:
             thread.start()
-        last = wait(lambda: stored(settings.db) >= before + events, interval=0.01)
+        last = wait(lambda: stored(settings.sqlite_path) >= before + events, interval=0.01)
         stop_passes.set()
         if archiving:
             thread.join()
@@ -172,11 +172,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         say(f"emitting {args.tasks} simulated runs")
         events = emit_runs(settings, args.tasks, "store")
         worker = start_worker(settings, log)
-        wait(lambda: stored(settings.db) >= events)
-        size0 = file_bytes(settings.db)
-        tasks = [t for (t,) in q(settings.db, "SELECT task_id FROM tasks ORDER BY last_at")]
+        wait(lambda: stored(settings.sqlite_path) >= events)
+        size0 = file_bytes(settings.sqlite_path)
+        tasks = [t for (t,) in q(settings.sqlite_path, "SELECT task_id FROM tasks ORDER BY last_at")]
         chosen = tasks[: len(tasks) * 9 // 10]
-        chosen_events = int(q(settings.db, "SELECT sum(event_count) FROM tasks WHERE task_id IN "
+        chosen_events = int(q(settings.sqlite_path, "SELECT sum(event_count) FROM tasks WHERE task_id IN "
                               "(SELECT value FROM json_each(?))", _json(chosen))[0][0])  # fmt: skip
         say(f"{events:,} events in {len(tasks)} tasks, {size0 / MB:.1f} MB; archiving {len(chosen)}")
 
@@ -185,14 +185,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             report = archive_pass(settings, task_ids=chosen[i : i + MAX_TASKS], pace=0)  # flat out
             assert not report.errors, report.errors
         t_archived = time.monotonic()
-        gone = wait(lambda: q(settings.db, ARCHIVED_LEFT) == [(len(chosen), 0)])
-        free_at_gone = q(settings.db, "PRAGMA freelist_count")[0][0] * 4096
-        size_gone = file_bytes(settings.db)
+        gone = wait(lambda: q(settings.sqlite_path, ARCHIVED_LEFT) == [(len(chosen), 0)])
+        free_at_gone = q(settings.sqlite_path, "PRAGMA freelist_count")[0][0] * 4096
+        size_gone = file_bytes(settings.sqlite_path)
         # The worker keeps an eighth of the file free for inserts to reuse (ingest/archived.py).
-        wait(lambda: q(settings.db, "PRAGMA freelist_count")[0][0]
-             <= q(settings.db, "PRAGMA page_count")[0][0] * KEEP_FREE, interval=0.2)  # fmt: skip
+        wait(lambda: q(settings.sqlite_path, "PRAGMA freelist_count")[0][0]
+             <= q(settings.sqlite_path, "PRAGMA page_count")[0][0] * KEEP_FREE, interval=0.2)  # fmt: skip
         t_reclaimed = time.monotonic()
-        size_reclaimed = file_bytes(settings.db)
+        size_reclaimed = file_bytes(settings.sqlite_path)
 
         archive = TaskArchive.at(settings.archive_dir)
         manifests = [archive.manifest(t) for t in chosen]
@@ -209,7 +209,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         t1 = time.monotonic()
         for t in back:
             client.rpush(keys.control, ControlRequest(op="restore", task_id=t).encode())
-        t_back = wait(lambda: q(settings.db, "SELECT count(*) FROM tasks WHERE archived = 1 AND task_id IN "
+        db = settings.sqlite_path
+        t_back = wait(lambda: q(db, "SELECT count(*) FROM tasks WHERE archived = 1 AND task_id IN "
                                "(SELECT value FROM json_each(?))", _json(back))[0][0] == 0)  # fmt: skip
         stop(worker)
         out["storage"] = {
@@ -246,7 +247,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 )
                 rounds[side].append(got)
                 say(f"ingest {side}: {got['events']:,} events at {got['events_per_s']:,.0f}/s")
-                previous = [t for (t,) in q(settings.db, ENDED_LIKE, f"{prefix}%")]
+                previous = [t for (t,) in q(settings.sqlite_path, ENDED_LIKE, f"{prefix}%")]
         alone = statistics.median(r["events_per_s"] for r in rounds["alone"])
         busy = statistics.median(r["events_per_s"] for r in rounds["archiving"])
         out["ingest"] = {"rounds": rounds, "alone_events_per_s": alone, "archiving_events_per_s": busy,

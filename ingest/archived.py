@@ -67,13 +67,17 @@ class Retention:
     """Call `step()` between batches when `due()`, and `came()` when a claim brought events; a step
     does one bounded piece of work. `working`: the last step found more to do."""
 
-    def __init__(self, client: redis.Redis, keys: QueueKeys, archive: TaskArchive) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: QueueKeys, archive: TaskArchive, *, enabled: bool = True
+    ) -> None:
+        """`enabled=False`: never due (a store whose writer has no retention steps)."""
         self._redis = client
+        self.enabled = enabled
         self._keys = keys
         self.archive = archive
         self._busy = self._idle = 0.0  # when the next step is due, while busy / while idle
         self._came = -math.inf  # when a claim last brought events
-        self.working = True
+        self.working = enabled
         self._dropping = True  # until a step finds nothing left to remove (the store may hold some)
         self._reclaiming = True
         self._free = math.inf  # free pages beyond KEEP_FREE after the last reclaim step
@@ -92,6 +96,8 @@ class Retention:
 
     def left(self, *, idle: bool = False) -> float:
         """Seconds until the next step is due (`idle`: the queue is empty now)."""
+        if not self.enabled:
+            return math.inf
         return (self._idle if idle and self.quiet() else self._busy) - time.monotonic()
 
     def step(self, writer: StoreWriter) -> bool:

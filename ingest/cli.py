@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import click
 import redis
 
-from taskevents.cli import env_help, settings_options
+from taskevents.cli import env_help, settings_options, sqlite_only
 from taskevents.ingest.deadletters import DeadLetters
 from taskevents.ingest.localredis import answers, find_redis_server, server_command
 from taskevents.ingest.worker import Worker
@@ -187,6 +187,7 @@ def jobs_command(settings: Settings, check: bool) -> None:
     Any number may run: one pass runs at a time. SIGTERM: finish the job in hand, then exit."""
     from taskevents.ingest import jobs
 
+    sqlite_only(settings, "retention")
     if check:
         sys.exit(0 if jobs.check(settings) else 1)
     # The jobs it enqueues build their settings from these (the command line's) and the environment.
@@ -220,6 +221,7 @@ def archive_command(
     from taskevents.ingest.retention import archive_pass
     from taskevents.settings import parse_duration
 
+    sqlite_only(settings, "retention")
     if list_:
         manifests = sorted(TaskArchive.at(settings.archive_dir).manifests(), key=lambda m: m.last_at)
         for m in manifests:
@@ -272,6 +274,7 @@ def restore_command(settings: Settings, task_ids: tuple[str, ...], timeout: floa
     from taskevents.db import open_reader
     from taskevents.messages import ControlRequest
 
+    sqlite_only(settings, "retention")
     archive = TaskArchive.at(settings.archive_dir)
     client = redis.Redis.from_url(settings.redis_url)
     waiting: list[str] = []
@@ -288,7 +291,7 @@ def restore_command(settings: Settings, task_ids: tuple[str, ...], timeout: floa
         waiting.append(task_id)
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
-        reader = open_reader(settings.db)
+        reader = open_reader(settings.sqlite_path)
         try:
             for task_id in list(waiting):
                 row = reader.execute("SELECT archived FROM tasks WHERE task_id = ?", (task_id,)).fetchone()

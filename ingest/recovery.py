@@ -19,14 +19,14 @@ from taskevents.event import max_element_bytes
 from taskevents.ingest.batch import dead_letters, decode_batch
 from taskevents.ingest.poison import Acknowledge, batch_order, settle
 from taskevents.ingest.queue import InFlight, WorkQueue
-from taskevents.ingest.writer import CommitResult, StoreWriter
+from taskevents.ingest.writer import BatchWriter, CommitResult
 from taskevents.keys import SLOTS
 from taskevents.settings import Settings
 
 log = logging.getLogger("taskevents.worker")
 
 
-def recover(queue: WorkQueue, writer: StoreWriter, settings: Settings, ack: Acknowledge) -> None:
+def recover(queue: WorkQueue, writer: BatchWriter, settings: Settings, ack: Acknowledge) -> None:
     left = [x for x in queue.in_flight() if x.items]
     suspects = queue.suspects() > 0  # then what is in flight is one suspect event
     uncommitted: list[InFlight] = []
@@ -62,7 +62,7 @@ def _resumable(uncommitted: list[InFlight], following: int) -> bool:
     )
 
 
-def _record(writer: StoreWriter, x: InFlight, settings: Settings) -> CommitResult:
+def _record(writer: BatchWriter, x: InFlight, settings: Settings) -> CommitResult:
     """What the committed batch in `x` did, as the store recorded it."""
     record = writer.last_batch
     if record is not None and record.batch_id == x.batch_id:

@@ -185,7 +185,7 @@ def _archive_tasks(
     pace: float,
 ) -> None:
     archive = TaskArchive.at(settings.archive_dir)
-    reader = open_reader(settings.db)
+    reader = open_reader(settings.sqlite_path)
     try:
         if task_ids:
             rows = reader.execute(_NAMED, (orjson.dumps(list(task_ids)),)).fetchall()
@@ -259,7 +259,7 @@ def _check_archives(settings: Settings, report: PassReport) -> None:
     """A sample of archived tasks' archives checked against their manifests: a file lost or damaged
     is reported (and logged) by the pass, not only met by a reader (410, 503)."""
     archive = TaskArchive.at(settings.archive_dir)
-    reader = open_reader(settings.db)
+    reader = open_reader(settings.sqlite_path)
     try:
         sample = reader.execute(
             "SELECT task_id FROM tasks WHERE archived = 1 ORDER BY random() LIMIT ?", (CHECKED,)

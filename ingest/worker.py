@@ -43,15 +43,14 @@ import redis
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from taskevents.archive import TaskArchive
-from taskevents.db import open_writer
 from taskevents.event import max_element_bytes
 from taskevents.ingest.archived import Retention
 from taskevents.ingest.batch import dead_letters, decode_batch
-from taskevents.ingest.checkpointer import Checkpointer
 from taskevents.ingest.lease import Lease, LeaseHeld, LeaseLost
 from taskevents.ingest.queue import Claim, WorkQueue
 from taskevents.ingest.recovery import recover
-from taskevents.ingest.writer import CommitResult, DeadMark, Decoded, StoreFenced, StoreWriter
+from taskevents.ingest.stores import open_store_writer, postgres_error, store_identity
+from taskevents.ingest.writer import BatchWriter, CommitResult, DeadMark, Decoded, StoreFenced, StoreWriter
 from taskevents.keys import QueueKeys
 from taskevents.messages import CommitNotice, Heartbeat, WorkerStats
 from taskevents.schema import SchemaError
@@ -105,6 +104,13 @@ def _store_faults() -> Iterator[None]:
         raise NewerSchema(f"SchemaError: {exc}") from exc
     except sqlite3.DatabaseError as exc:  # corrupt, not a database, a constraint
         raise StoreFault(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        # PostgreSQL: a connection lost (server restarted, killed, unreachable) cannot be retried
+        # in place, and a server's refusal is the store's: reopened after a back-off, taken over
+        # again, recovered by batch id.
+        if postgres_error(exc) is None:
+            raise
+        raise StoreFault(f"{type(exc).__name__}: {str(exc).strip()}") from exc
 
 
 @contextmanager
@@ -146,14 +152,6 @@ def _log_retry(state: RetryCallState) -> None:
                 getattr(call, "__qualname__", call), type(exc).__name__, exc, wait)  # fmt: skip
 
 
-def _file_id(path: os.PathLike[str] | str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 class Worker:
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         """Builds nothing but the Redis client: the store is opened when this worker holds the lease."""
@@ -180,42 +178,32 @@ class Worker:
         self._retry_until_stop = self._retrying(self._stopped, self._pause)
         self._retry_commit = self._retrying(self._stopped_long_ago, _sleep_briefly)
         self._hold_off_until = 0.0  # after stepping aside for a newer standby: let it take the lease
-        self._writer: StoreWriter | None = None
-        self._writer_file: tuple[int, int] | None = None  # the file it has open (st_dev, st_ino)
+        self._writer: BatchWriter | None = None
+        self._writer_file: tuple[int, int] | None = None  # the SQLite file it has open (st_dev, st_ino)
         self._archive = TaskArchive.at(settings.archive_dir)
-        self.retention = Retention(self._redis, keys, self._archive)
+        # Retention's steps are SQLite's so far: on PostgreSQL nothing is archived (docs/scaling.md).
+        self.retention = Retention(self._redis, keys, self._archive, enabled=not settings.postgres)
 
     # --- the store -------------------------------------------------------------------------------
 
     @property
-    def writer(self) -> StoreWriter:
+    def writer(self) -> BatchWriter:
         """The store's writer, opened on demand (again if the file at TASKEVENTS_DB is not the one it
         has open). Raises StoreFault if the store is broken."""
-        if self._writer is None or _file_id(self.settings.db) != self._writer_file:
+        if self._writer is None or store_identity(self.settings) != self._writer_file:
             self._close_store()
             with _store_faults():
-                settings = self.settings
-                conn = open_writer(settings.db, settings.sqlite_synchronous)
-                checkpointer = None
-                try:
-                    if settings.checkpoint_interval > 0:
-                        checkpointer = Checkpointer(
-                            settings.db, settings.sqlite_synchronous, settings.checkpoint_interval
-                        )
-                    self._writer = StoreWriter(conn, archive=self._archive, checkpointer=checkpointer)
-                except BaseException:  # a store that opens but cannot be written: leave nothing running
-                    if checkpointer is not None:
-                        checkpointer.close()
-                    conn.close()
-                    raise
-            self._writer_file = _file_id(self.settings.db)
+                self._writer = open_store_writer(self.settings, self._archive)
+            self._writer_file = store_identity(self.settings)
         return self._writer
 
     def _close_store(self) -> None:
         if self._writer is not None:
             try:
                 self._writer.close()
-            except sqlite3.Error:
+            except Exception as exc:
+                if not isinstance(exc, sqlite3.Error) and postgres_error(exc) is None:
+                    raise
                 log.debug("closing the broken store failed", exc_info=True)
             self._writer = None
 
@@ -465,8 +453,11 @@ class Worker:
     def _retention_step(self) -> bool:
         """One bounded step of retention (ingest/archived.py) on the store's one writer; True if more
         remains. Its store errors are the store's: they surface in the next commit."""
+        writer = self.writer
+        if not isinstance(writer, StoreWriter):
+            return False  # retention's steps are SQLite's (disabled on PostgreSQL)
         try:
-            return self._retry(partial(self.retention.step, self.writer))
+            return self._retry(partial(self.retention.step, writer))
         except sqlite3.Error as exc:
             log.warning("retention step failed: %s", exc)
             return False
@@ -535,7 +526,7 @@ class Worker:
     def _commit(self, batch_id: int, good: list[Decoded], dead: list[DeadMark]) -> CommitResult:
         """One commit attempt; while they fail, the heartbeat says why (`store_error`)."""
         try:
-            if _file_id(self.settings.db) != self._writer_file:
+            if store_identity(self.settings) != self._writer_file:
                 raise StoreFault(f"the store file {self.settings.db} was replaced or removed")
             with _store_faults():
                 result = self.writer.commit(batch_id, good, dead, keep=self._keep)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 
@@ -88,6 +89,27 @@ class CommitResult:
 
 class StoreFenced(LeaseLost):
     """Another worker has taken the store over since this one did: its commit was refused."""
+
+
+class BatchWriter(Protocol):
+    """What the worker needs of a store's writer, SQLite's (StoreWriter) or PostgreSQL's
+    (ingest/pgwriter.py): become the one writer, commit batches by id, remember the last one."""
+
+    last_batch_id: int
+    last_batch: "CommitResult | None"
+
+    def take_over(self) -> int: ...
+
+    def commit(
+        self,
+        batch_id: int,
+        batch: Sequence[Decoded],
+        dead: Sequence[DeadMark] = (),
+        *,
+        keep: int | None = None,
+    ) -> "CommitResult": ...
+
+    def close(self) -> None: ...
 
 
 # Rows go in as multi-row INSERTs of up to _ROWS_PER_INSERT rows: one statement step per chunk, so

@@ -62,7 +62,7 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--redis-url/--db/--queue override the environment; the command receives `settings`."""
 
     @click.option("--queue", help="Redis list name (overrides TASKEVENTS_QUEUE).")
-    @click.option("--db", type=click.Path(dir_okay=False), help="SQLite file (overrides TASKEVENTS_DB).")
+    @click.option("--db", help="SQLite file or postgresql:// URL (overrides TASKEVENTS_DB).")
     @click.option("--redis-url", help="Redis URL (overrides TASKEVENTS_REDIS_URL).")
     @functools.wraps(func)
     def wrapper(redis_url: str | None, db: str | None, queue: str | None, **kwargs: Any) -> Any:
@@ -77,6 +77,15 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(settings=settings, **kwargs)
 
     return wrapper
+
+
+def sqlite_only(settings: Settings, what: str) -> None:
+    """Refuse a PostgreSQL store where only SQLite is served yet: a clear message, not a traceback."""
+    if settings.postgres:
+        raise click.UsageError(
+            f"{what} reads SQLite stores only so far, and TASKEVENTS_DB is a PostgreSQL URL "
+            "(docs/scaling.md says what runs on PostgreSQL)"
+        )
 
 
 def configure_logging(level: str) -> None:

@@ -9,10 +9,6 @@ from taskevents.pgschema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
 from taskevents.schema import SchemaError
 
 
-def is_postgres_url(db: object) -> bool:
-    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
-
-
 def open_pg_writer(url: str) -> psycopg.Connection:
     """The writer's connection, schema migrated. Autocommit: every change is made in an explicit
     `with conn.transaction()`, so no transaction is ever left open between batches."""

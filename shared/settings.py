@@ -6,6 +6,7 @@ commands take a value they were not given from the environment through these cla
 keyword default of their own.
 """
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -98,10 +99,55 @@ class ApiClientSettings(BaseSettings):
         return check_http_url(value)
 
 
+def _store_location(value: object) -> object:
+    """A path object as its string: TASKEVENTS_DB is a file or a URL, compared as text."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, str) and is_postgres_url(value):
+        check_postgres_url(value)
+    return value
+
+
+def is_postgres_url(db: object) -> bool:
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
+def check_postgres_url(url: str) -> str:
+    """The URL or ValueError: it must name a database, as libpq reads it."""
+    parts = urlsplit(url)
+    if not parts.path.strip("/"):
+        raise ValueError(f"not a PostgreSQL URL with a database name (postgresql://host/db): {url!r}")
+    return url
+
+
+class StoreKindError(ValueError):
+    """A command that works on one kind of store was given the other (SQLite file vs PostgreSQL)."""
+
+
 class Settings(ProducerSettings, ApiClientSettings):
     """Built once per process (`Settings()`) and passed down; nothing reads the environment at import."""
 
-    db: Path = Field(Path("taskevents.db"), description="SQLite file of the store.")
+    db: Annotated[str, BeforeValidator(_store_location)] = Field(
+        "taskevents.db",
+        description="The store: a SQLite file (the embedded default) or a `postgresql://` URL "
+        "(the worker's store so far; docs/scaling.md).",
+    )
+
+    @property
+    def postgres(self) -> bool:
+        """The store is PostgreSQL (TASKEVENTS_DB is a `postgresql://` URL)."""
+        return is_postgres_url(str(self.db))
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file of the store; StoreKindError when the store is PostgreSQL."""
+        if self.postgres:
+            raise StoreKindError(
+                "TASKEVENTS_DB is a PostgreSQL URL, and this part of taskevents reads SQLite stores only "
+                "so far (docs/scaling.md says what runs on PostgreSQL)"
+            )
+        return Path(self.db)
+
     batch_size: int = Field(
         5000, ge=1, le=20_000, description="Most events the worker commits in one transaction."
     )

@@ -109,7 +109,7 @@ class UiStack:
         assert self.emitter.flush(10), "the emitter could not deliver to Redis"
 
     def latest_seq(self, task_id: str) -> int:
-        found = rows(self.settings.db, "SELECT latest_seq FROM tasks WHERE task_id = ?", task_id)
+        found = rows(self.settings.sqlite_path, "SELECT latest_seq FROM tasks WHERE task_id = ?", task_id)
         return found[0][0] if found else 0
 
     def stored(self, task_id: str, seq: int, timeout: float = 30) -> None:
@@ -124,7 +124,7 @@ def ui_stack(settings: Settings, port: int) -> Iterator[UiStack]:
     emitter = Emitter.from_settings(settings)
     api = ApiProcess(settings, port)
     try:
-        wait_for(lambda: settings.db.exists(), timeout=20)  # the worker creates the store
+        wait_for(lambda: settings.sqlite_path.exists(), timeout=20)  # the worker creates the store
         api.start()
         yield UiStack(settings, api, emitter)
     finally:

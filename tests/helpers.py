@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from taskevents.ingest.worker import Worker
+from taskevents.ingest.writer import StoreWriter
 from taskevents.settings import Settings
 
 
@@ -78,3 +80,10 @@ def seqs_by_task(db: Path) -> dict[str, list[int]]:
     for task_id, seq in rows(db, "SELECT task_id, seq FROM task_events ORDER BY task_id, seq"):
         out.setdefault(task_id, []).append(seq)
     return out
+
+
+def sqlite_writer(worker: Worker) -> StoreWriter:
+    """The worker's writer, which is SQLite's in these tests."""
+    writer = worker.writer
+    assert isinstance(writer, StoreWriter)
+    return writer

@@ -69,6 +69,16 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgresql://taskevents@127.0.0.1:{self.port}/postgres"
 
+    def database(self, name: str) -> str:
+        """A new, empty database of that name (dropped first if a run left it); its URL."""
+        import psycopg
+
+        name = "".join(c if c.isalnum() else "_" for c in name)[:60].lower()
+        with psycopg.connect(self.url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
     def _run(self, tool: str, *args: str) -> None:
         subprocess.run([*self._as, str(self.bin / tool), *args], check=True, capture_output=True, timeout=120)
 

@@ -50,7 +50,7 @@ def api_process(settings: Settings, log: Path, **env: str) -> Iterator[ApiProces
     """`python -m taskevents.api` on a free port (stderr to `log`), stopped with SIGTERM at the end."""
     port = free_port()
     argv = [sys.executable, "-m", "taskevents.api", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--db", str(settings.db), "--redis-url", settings.redis_url, "--queue", settings.queue]
+    argv += ["--db", str(settings.sqlite_path), "--redis-url", settings.redis_url, "--queue", settings.queue]
     with open(log, "wb") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=os.environ | env)
     api = ApiProcess(f"http://127.0.0.1:{port}", proc, log)

@@ -45,12 +45,12 @@ def wait_until_stored(
 ) -> float:
     """Wait until `count` events are stored and the queue has settled; returns the seconds it took."""
     started = time.monotonic()
-    while not (stored_count(settings.db) >= count and settled(client, settings)):
+    while not (stored_count(settings.sqlite_path) >= count and settled(client, settings)):
         if alive is not None and not alive():
             raise AssertionError("the worker died")
         if time.monotonic() - started > timeout:
             raise AssertionError(
-                f"after {timeout}s: {stored_count(settings.db)} of {count} stored, "
+                f"after {timeout}s: {stored_count(settings.sqlite_path)} of {count} stored, "
                 f"queue {client.llen(settings.queue)}"
             )
         time.sleep(0.02)
@@ -59,7 +59,7 @@ def wait_until_stored(
 
 def last_batch(settings: Settings) -> int:
     try:
-        return int(rows(settings.db, "SELECT last_batch_id FROM ingest_state")[0][0])
+        return int(rows(settings.sqlite_path, "SELECT last_batch_id FROM ingest_state")[0][0])
     except Exception:  # the store or its schema is not there yet
         return 0
 

@@ -108,7 +108,7 @@ def test_a_wrong_method_is_a_405_in_the_same_shape(api_http: TestClient) -> None
 def test_a_missing_store_is_a_503_until_the_worker_creates_it(
     settings: Settings, api_http: TestClient
 ) -> None:
-    assert not settings.db.exists()
+    assert not settings.sqlite_path.exists()
     for path in [*TASK_ENDPOINTS, "/api/tasks"]:
         response = api_http.get(path.format("t"))
         detail = assert_error(response, 503, "store_unavailable")
@@ -121,7 +121,7 @@ def test_a_missing_store_is_a_503_until_the_worker_creates_it(
 
 
 def test_a_store_without_schema_is_a_503(settings: Settings, api_http: TestClient) -> None:
-    sqlite3.connect(settings.db).close()  # an empty file: what a worker leaves before it migrates
+    sqlite3.connect(settings.sqlite_path).close()  # an empty file: what a worker leaves before it migrates
     detail = assert_error(api_http.get("/api/tasks/t/events"), 503, "store_unavailable")
     assert "not initialised" in detail
     with Worker(settings) as worker:
@@ -133,7 +133,7 @@ def test_a_store_that_is_removed_and_recreated_is_followed(settings: Settings, a
     stored(settings, *({"task_id": "t", "event_type": "runner_heartbeat", "span_id": "r"} for _ in range(3)))
     assert api_http.get("/api/tasks/t/events").json()["total"] == 3
     for suffix in ("", "-wal", "-shm"):
-        path = settings.db.with_name(settings.db.name + suffix)
+        path = settings.sqlite_path.with_name(settings.sqlite_path.name + suffix)
         if path.exists():
             os.remove(path)
     assert_error(api_http.get("/api/tasks/t/events"), 503, "store_unavailable")
@@ -142,7 +142,7 @@ def test_a_store_that_is_removed_and_recreated_is_followed(settings: Settings, a
 
 
 def test_a_corrupt_store_is_a_503_not_a_500(settings: Settings, api_http: TestClient) -> None:
-    settings.db.write_bytes(b"this is not a SQLite database" * 200)
+    settings.sqlite_path.write_bytes(b"this is not a SQLite database" * 200)
     assert_error(api_http.get("/api/tasks/t/events"), 503, "store_unavailable")
     assert_error(api_http.get("/api/tasks"), 503, "store_unavailable")
     assert api_http.get("/api/ready").status_code == 503

@@ -151,8 +151,8 @@ def test_connections_are_kept_not_opened_per_request(settings: Settings, api_htt
 
 
 def test_the_pool_is_bounded(settings: Settings) -> None:
-    open_writer(settings.db).close()  # the store, as the worker creates it
-    store = ReadStore(settings.db, size=2)
+    open_writer(settings.sqlite_path).close()  # the store, as the worker creates it
+    store = ReadStore(settings.sqlite_path, size=2)
     entered, release = threading.Barrier(3), threading.Event()
 
     def hold() -> None:
@@ -183,7 +183,7 @@ def test_the_pool_is_bounded(settings: Settings) -> None:
 
 def start_api(settings: Settings, port: int) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "taskevents.api", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--db", str(settings.db), "--redis-url", settings.redis_url, "--queue", settings.queue]
+    argv += ["--db", str(settings.sqlite_path), "--redis-url", settings.redis_url, "--queue", settings.queue]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -38,7 +38,7 @@ def store(settings: Settings) -> Path:
         {"task_id": "odd", "event_type": "runner_spawn", "span_id": "odd/runner", "payload": ODD},
         {"task_id": "odd", "event_type": "runner_exit", "span_id": "odd/runner", "payload": {"exit_code": 0}},
     )
-    return settings.db
+    return settings.sqlite_path
 
 
 def _all_rows(db: Path, table: str, task_id: str) -> list[tuple[object, ...]]:

@@ -12,7 +12,7 @@ import redis
 
 from taskevents.ingest.worker import Worker
 from taskevents.settings import Settings
-from tests.helpers import wait_for
+from tests.helpers import sqlite_writer, wait_for
 
 pytestmark = pytest.mark.redis_server
 
@@ -59,16 +59,17 @@ def test_commits_reach_the_database_file_without_a_checkpoint_in_any_commit(
     settings: Settings, client: redis.Redis, interval: float
 ) -> None:
     with Worker(settings.model_copy(update={"checkpoint_interval": interval})) as worker:
-        autocheckpoint = worker.writer._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        autocheckpoint = sqlite_writer(worker)._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         assert autocheckpoint == (0 if interval else 16384)  # with the thread, no commit copies
         client.rpush(settings.queue, *_events(300))
         _drain(worker)
         if interval:
-            wait_for(lambda: _in_the_file(settings.db) == 300, timeout=10)
-            assert worker.writer.checkpointer is not None and worker.writer.checkpointer.passes > 0
+            wait_for(lambda: _in_the_file(settings.sqlite_path) == 300, timeout=10)
+            checkpointer = sqlite_writer(worker).checkpointer
+            assert checkpointer is not None and checkpointer.passes > 0
         else:  # the control: without the thread nothing leaves the WAL before 64 MiB of it
-            assert worker.writer.checkpointer is None
-            assert _in_the_file(settings.db) == 0
+            assert sqlite_writer(worker).checkpointer is None
+            assert _in_the_file(settings.sqlite_path) == 0
 
 
 @pytest.mark.parametrize("pages", [64, 1 << 30])
@@ -81,17 +82,18 @@ def test_the_wal_starts_over_under_continuous_commits(
     thread's copies race the next commit, and the WAL grows until a pass happens to finish between two
     commits (the file keeps its largest size: 2.8-5 times the bound in clean-clone runs)."""
     small = settings.model_copy(update={"checkpoint_interval": 0.01, "batch_size": 20})
-    wal = Path(f"{settings.db}-wal")
+    wal = Path(f"{settings.sqlite_path}-wal")
     with Worker(small) as worker:
-        assert worker.writer.checkpointer is not None
-        worker.writer.checkpointer.restart_frames = pages
+        checkpointer = sqlite_writer(worker).checkpointer
+        assert checkpointer is not None
+        checkpointer.restart_frames = pages
         largest = 0
         for _ in range(10):
             client.rpush(settings.queue, *_events(500, tasks=50))
             _drain(worker)
             largest = max(largest, wal.stat().st_size)
-        page_size = worker.writer._conn.execute("PRAGMA page_size").fetchone()[0]
-        written = worker.writer._conn.execute("SELECT count(*) FROM task_events").fetchone()[0]
+        page_size = sqlite_writer(worker)._conn.execute("PRAGMA page_size").fetchone()[0]
+        written = sqlite_writer(worker)._conn.execute("SELECT count(*) FROM task_events").fetchone()[0]
     assert written == 5000
     # A commit of 20 events writes a few dozen pages, and the drain commits a few hundred of them in
     # the thread's 10 ms: the WAL stays within ~1,000 pages, and holds up to ~9,000 if it never

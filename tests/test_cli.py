@@ -26,7 +26,7 @@ def run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         env={
             "TASKEVENTS_REDIS_URL": settings.redis_url,
             "TASKEVENTS_QUEUE": settings.queue,
-            "TASKEVENTS_DB": str(settings.db),
+            "TASKEVENTS_DB": str(settings.sqlite_path),
             "PATH": "",
         },
     )

@@ -76,7 +76,8 @@ def test_every_event_is_stored_once_in_order_through_five_sigkills(
             lambda: (
                 client.llen(settings.queue) == 0
                 and client.exists(*keys.processing_keys) == 0
-                and rows(settings.db, "SELECT count(*) FROM task_events")[0][0] >= THREADS * PER_THREAD
+                and rows(settings.sqlite_path, "SELECT count(*) FROM task_events")[0][0]
+                >= THREADS * PER_THREAD
             ),
             timeout=60,
         )
@@ -85,7 +86,7 @@ def test_every_event_is_stored_once_in_order_through_five_sigkills(
         assert worker.wait(15) == 0
 
     stored = rows(
-        settings.db, "SELECT task_id, seq, event_uid, payload FROM task_events ORDER BY task_id, seq"
+        settings.sqlite_path, "SELECT task_id, seq, event_uid, payload FROM task_events ORDER BY task_id, seq"
     )
     assert any(in_flight_at_kill), "no kill landed while a batch was in flight"
     assert len(stored) == THREADS * PER_THREAD, f"in flight at each kill: {in_flight_at_kill}"
@@ -103,6 +104,6 @@ def test_every_event_is_stored_once_in_order_through_five_sigkills(
     assert seen == {(n, i) for n in range(THREADS) for i in range(PER_THREAD)}
     for key, items in by_producer_task.items():  # one producer's events of a task: in emit order
         assert items == sorted(items), key
-    assert rows(settings.db, "SELECT sum(event_count), count(*) FROM tasks") == [
+    assert rows(settings.sqlite_path, "SELECT sum(event_count), count(*) FROM tasks") == [
         (THREADS * PER_THREAD, TASKS)
     ]

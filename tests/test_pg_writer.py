@@ -31,13 +31,9 @@ def pg() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def url(pg: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+def url(pg: PostgresServer, request: pytest.FixtureRequest) -> str:
     """A database of its own for each test."""
-    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
-    with psycopg.connect(pg.url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield pg.url.rsplit("/", 1)[0] + "/" + name
+    return pg.database("t_" + request.node.name)
 
 
 def _event(task_id: str, event_type: str = "work_item_progress", **fields: Any) -> Decoded:

@@ -84,7 +84,9 @@ def test_a_committed_batch_is_acknowledged_as_it_was_committed(
     keys = QueueKeys(settings.queue)
     items = [element(0), element(1, payload_bytes=30 * 1024), element(2), b"not json"]
     batch_id = commit_then_die(settings.model_copy(update={"max_payload_bytes": at_commit}), client, items)
-    stored = [i for (i,) in rows(settings.db, "SELECT json_extract(payload, '$.i') FROM task_events")]
+    stored = [
+        i for (i,) in rows(settings.sqlite_path, "SELECT json_extract(payload, '$.i') FROM task_events")
+    ]
     dead_at_commit = 1 if at_commit == LARGE else 2  # junk, and the 30 KiB payload over the small limit
 
     notes = Notifications(client, settings)

@@ -76,7 +76,7 @@ async def _read_everything(base: str, tasks: list[str], per_task: int, log: Read
 
 
 def _assert_stored_once_gap_free(settings: Settings, tasks: list[str], per_task: int) -> None:
-    by_task = seqs_by_task(settings.db)
+    by_task = seqs_by_task(settings.sqlite_path)
     assert sorted(by_task) == sorted(tasks)
     for task, seqs in by_task.items():
         assert seqs == list(range(1, per_task + 1)), task
@@ -86,17 +86,19 @@ def test_32_readers_see_no_error_and_no_gap_while_the_worker_drains_a_backlog(
     settings: Settings, tmp_path: Path
 ) -> None:
     tasks, per_task = task_names(TASKS), 2_000  # 128,000 events
-    open_writer(settings.db).close()  # the store exists (the worker's schema); readers start on it empty
+    open_writer(
+        settings.sqlite_path
+    ).close()  # the store exists (the worker's schema); readers start on it empty
     sent = fill_backlog(settings, tasks, per_task)
     log = ReadLog()
     with api_process(settings, tmp_path / "api.log") as api:
-        sampler = WalSampler(settings.db)
+        sampler = WalSampler(settings.sqlite_path)
         worker = start_worker(settings)
         started = time.monotonic()
         try:
             asyncio.run(_read_everything(api.url, tasks, per_task, log))
             read_for = time.monotonic() - started
-            wait_for(lambda: stored_count(settings.db) == sent, timeout=60)
+            wait_for(lambda: stored_count(settings.sqlite_path) == sent, timeout=60)
         finally:
             worker.terminate()
             worker.wait(20)
@@ -122,13 +124,13 @@ def test_a_worker_sigkilled_and_restarted_under_readers_reaches_no_client(
     waits until they have, then restarts the worker."""
     settings = settings.model_copy(update={"batch_size": 1000})  # more commits to be killed between
     tasks, per_task = task_names(TASKS), 1_600  # 102,400 events
-    open_writer(settings.db).close()
+    open_writer(settings.sqlite_path).close()
     sent = fill_backlog(settings, tasks, per_task)
     rng = random.Random(5)
     log = ReadLog()
     recoveries: list[float] = []  # seconds from each SIGKILL to the restarted worker's first commit
     rebuilt_by_readers: list[float] = []  # seconds the readers took to repair a torn wal-index
-    probe = open_reader(settings.db)
+    probe = open_reader(settings.sqlite_path)
 
     async def kill_and_restart(worker: list[subprocess.Popen[bytes]]) -> None:
         for kill in range(KILLS):
@@ -141,9 +143,9 @@ def test_a_worker_sigkilled_and_restarted_under_readers_reaches_no_client(
             await asyncio.to_thread(worker[0].wait, 10)
             before = _last_batch(probe)
             if kill % 2 == 1:
-                tear_wal_index_header(settings.db)
+                tear_wal_index_header(settings.sqlite_path)
                 await asyncio.to_thread(
-                    wait_for, lambda: len(set(wal_index_headers(settings.db))) == 1, 10, 0.002
+                    wait_for, lambda: len(set(wal_index_headers(settings.sqlite_path))) == 1, 10, 0.002
                 )
                 rebuilt_by_readers.append(time.monotonic() - killed_at)
             worker[0] = start_worker(settings)
@@ -157,7 +159,7 @@ def test_a_worker_sigkilled_and_restarted_under_readers_reaches_no_client(
         worker = [start_worker(settings)]
         try:
             asyncio.run(run(api.url, worker))
-            wait_for(lambda: stored_count(settings.db) == sent, timeout=60)
+            wait_for(lambda: stored_count(settings.sqlite_path) == sent, timeout=60)
         finally:
             worker[0].terminate()
             worker[0].wait(20)

@@ -154,7 +154,7 @@ def test_stalled_and_slow_streams_and_long_queries_leave_the_wal_bounded(
     graph_statuses: list[int] = []
     try:
         big = _ingest_big_task(settings)
-        wait_for(lambda: stored_count(settings.db) == big, timeout=60)
+        wait_for(lambda: stored_count(settings.sqlite_path) == big, timeout=60)
         tasks, per_task = task_names(40), 5_000  # 200,000 events in the backlog
         with ExitStack() as stack:
             sse = f"{api.url}/sse/tasks/big/events?since_seq=0"
@@ -165,10 +165,10 @@ def test_stalled_and_slow_streams_and_long_queries_leave_the_wal_bounded(
             ]
             for thread in graphs:
                 thread.start()
-            sampler = WalSampler(settings.db)
+            sampler = WalSampler(settings.sqlite_path)
             started = time.monotonic()
             sent = fill_backlog(settings, tasks, per_task)
-            wait_for(lambda: stored_count(settings.db) == big + sent, timeout=120, interval=0.1)
+            wait_for(lambda: stored_count(settings.sqlite_path) == big + sent, timeout=120, interval=0.1)
             ingest_seconds = time.monotonic() - started
             stop_graphs.set()
             for thread in graphs:
@@ -180,7 +180,9 @@ def test_stalled_and_slow_streams_and_long_queries_leave_the_wal_bounded(
             assert 0 < len(stalled.seqs()) < big and len(slow.seqs()) < big
             # With them connected, a checkpoint completes and the WAL can be emptied: no read
             # transaction is held for them.
-            assert _truncate_wal(settings.db, within=10) == 0 and _wal_size(settings.db) == 0
+            assert (
+                _truncate_wal(settings.sqlite_path, within=10) == 0 and _wal_size(settings.sqlite_path) == 0
+            )
 
             with emitter(settings) as em:  # the end of the big task, then both streams finish
                 em.emit("big", "runner_exit", span_id="big/runner", actor="runner", payload={"exit_code": 0})
@@ -202,19 +204,19 @@ def test_a_read_transaction_held_across_the_ingest_would_be_seen(settings: Setti
     """The measurement above can fail: a reader that holds one snapshot while 200,000 events are
     ingested pins the WAL, which then outgrows the bound, and no checkpoint can complete (the writer's
     forced one included) until the reader lets go."""
-    open_writer(settings.db).close()
-    holder = open_reader(settings.db)
+    open_writer(settings.sqlite_path).close()
+    holder = open_reader(settings.sqlite_path)
     holder.execute("BEGIN")
     holder.execute("SELECT count(*) FROM tasks").fetchone()  # the snapshot is taken here
     worker = start_worker(settings)
     try:
-        sampler = WalSampler(settings.db)
+        sampler = WalSampler(settings.sqlite_path)
         sent = fill_backlog(settings, task_names(40), 5_000)
-        wait_for(lambda: stored_count(settings.db) == sent, timeout=120, interval=0.1)
+        wait_for(lambda: stored_count(settings.sqlite_path) == sent, timeout=120, interval=0.1)
         wal_max = sampler.stop()
-        assert wal_max > WAL_BOUND and _truncate_wal(settings.db, within=2) == 1  # pinned throughout
+        assert wal_max > WAL_BOUND and _truncate_wal(settings.sqlite_path, within=2) == 1  # pinned throughout
         holder.execute("COMMIT")
-        assert _truncate_wal(settings.db, within=10) == 0 and _wal_size(settings.db) == 0
+        assert _truncate_wal(settings.sqlite_path, within=10) == 0 and _wal_size(settings.sqlite_path) == 0
     finally:
         holder.close()
         worker.terminate()

@@ -116,10 +116,10 @@ def test_twenty_sigkills_during_a_200k_ingest_store_every_event_once_in_order(
 
     assert len(in_flight_at_kill) == KILLS
     assert sum(1 for n in in_flight_at_kill if n) >= KILLS // 2, in_flight_at_kill  # mid-batch kills
-    assert rows(settings.db, "SELECT count(*) FROM task_events") == [(TOTAL,)]
+    assert rows(settings.sqlite_path, "SELECT count(*) FROM task_events") == [(TOTAL,)]
     assert client.llen(keys.dead) == 0
     stored = rows(
-        settings.db,
+        settings.sqlite_path,
         "SELECT task_id, seq, json_extract(payload, '$.p'), json_extract(payload, '$.i') "
         "FROM task_events ORDER BY task_id, seq",
     )
@@ -138,7 +138,9 @@ def test_twenty_sigkills_during_a_200k_ingest_store_every_event_once_in_order(
         assert seqs == list(range(1, len(seqs) + 1)), task  # gap-free
     for key, items in by_producer_task.items():
         assert items == sorted(items), key  # one producer's events of a task: in the order sent
-    assert rows(settings.db, "SELECT sum(event_count), sum(latest_seq) FROM tasks") == [(TOTAL, TOTAL)]
+    assert rows(settings.sqlite_path, "SELECT sum(event_count), sum(latest_seq) FROM tasks") == [
+        (TOTAL, TOTAL)
+    ]
     duplicates = int(client.hget(keys.stats, "duplicates") or 0)
     assert duplicates >= len(resent)
     print(
@@ -169,5 +171,5 @@ def test_leftovers_are_not_topped_up_past_the_next_batch(settings: Settings, cli
     client.delete(QueueKeys(settings.queue).lease)  # the dead worker's lease lapses
     with Worker(settings) as worker:
         worker.drain()
-    order = rows(settings.db, "SELECT json_extract(payload, '$.i') FROM task_events ORDER BY seq")
+    order = rows(settings.sqlite_path, "SELECT json_extract(payload, '$.i') FROM task_events ORDER BY seq")
     assert [i for (i,) in order] == list(range(1000))

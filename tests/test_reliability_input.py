@@ -161,7 +161,9 @@ def test_bad_elements_are_dead_lettered_with_reasons_and_the_worker_stays_up_wit
         worker.terminate()
         assert worker.wait(15) == 0
 
-    assert rows(settings.db, "SELECT count(*) FROM task_events WHERE task_id = 'after'") == [(len(BAD),)]
+    assert rows(settings.sqlite_path, "SELECT count(*) FROM task_events WHERE task_id = 'after'") == [
+        (len(BAD),)
+    ]
     letters = list(DeadLetters(client, keys).iter())
     assert len(letters) == len(BAD)
     for (name, element, code, words), letter in zip(BAD, letters, strict=True):
@@ -178,14 +180,14 @@ def test_bad_elements_are_dead_lettered_with_reasons_and_the_worker_stays_up_wit
     assert DeadLetters(client, keys).replay(code="too_large") == 0  # a head is not an event
 
     for name, _, task, payload in ACCEPTED:
-        got = rows(settings.db, "SELECT payload FROM task_events WHERE task_id = ?", task)
+        got = rows(settings.sqlite_path, "SELECT payload FROM task_events WHERE task_id = ?", task)
         assert [orjson.loads(p) for (p,) in got] == [payload], name
         json.loads(got[0][0], parse_constant=_refuse)  # stored as strict JSON
         answer = api_http.get(f"/api/tasks/{quote(task)}/events")  # and served as strict JSON
         assert answer.status_code == 200, name
         body = json.loads(answer.text, parse_constant=_refuse)
         assert [e["payload"] for e in body["events"]] == [payload], name
-    assert rows(settings.db, "SELECT count(*) FROM task_events WHERE task_id = 'first'") == [(0,)]
+    assert rows(settings.sqlite_path, "SELECT count(*) FROM task_events WHERE task_id = 'first'") == [(0,)]
 
     # The 100 MB element is read from Redis (a reply must be), measured, hashed and let go: never parsed.
     # What stays is the worker's working set; the transient peak is bounded by the element, not a parse.
@@ -198,7 +200,11 @@ def test_bad_elements_are_dead_lettered_with_reasons_and_the_worker_stays_up_wit
 
 
 def stored(settings: Settings) -> int:
-    return int(rows(settings.db, "SELECT count(*) FROM task_events")[0][0]) if settings.db.exists() else 0
+    return (
+        int(rows(settings.sqlite_path, "SELECT count(*) FROM task_events")[0][0])
+        if settings.sqlite_path.exists()
+        else 0
+    )
 
 
 def _refuse(constant: str) -> None:

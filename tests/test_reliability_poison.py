@@ -48,7 +48,7 @@ def test_a_poison_pill_is_dead_lettered_after_max_attempts_and_the_rest_is_store
     while True:  # the supervisor: restart the worker whenever it dies, until the queue is done
         worker = start_crashing_worker(settings, log)
         while worker.poll() is None and not (
-            settled(client, settings) and stored_count(settings.db) == TOTAL - len(POISON)
+            settled(client, settings) and stored_count(settings.sqlite_path) == TOTAL - len(POISON)
         ):
             time.sleep(0.02)
         if worker.poll() is None:
@@ -68,12 +68,14 @@ def test_a_poison_pill_is_dead_lettered_after_max_attempts_and_the_rest_is_store
     assert [d["code"] for d in dead] == ["poison", "poison"]
     assert [d["raw"].encode() for d in dead] == [elements[i] for i in POISON]
     assert all(f"crashed the worker {settings.max_attempts} times" in d["reason"] for d in dead)
-    stored = [i for (i,) in rows(settings.db, "SELECT json_extract(payload, '$.i') FROM task_events")]
+    stored = [
+        i for (i,) in rows(settings.sqlite_path, "SELECT json_extract(payload, '$.i') FROM task_events")
+    ]
     assert sorted(stored) == [i for i in range(TOTAL) if i not in POISON]  # the rest, each once
-    assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in seqs_by_task(settings.db).values())
+    assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in seqs_by_task(settings.sqlite_path).values())
     for task in range(7):  # and in queue order within each task
         mine = rows(
-            settings.db,
+            settings.sqlite_path,
             "SELECT json_extract(payload, '$.i') FROM task_events WHERE task_id = ? ORDER BY seq",
             f"t{task}",
         )

@@ -49,21 +49,21 @@ def own_settings(server: RedisServer, tmp_path: Path, **changes: Any) -> Setting
 
 
 def stored_among(settings: Settings, uids: set[str]) -> int:
-    if not settings.db.exists():
+    if not settings.sqlite_path.exists():
         return 0
     sql = "SELECT count(*) FROM task_events WHERE event_uid IN (SELECT value FROM json_each(?))"
-    return int(rows(settings.db, sql, json.dumps(sorted(uids)))[0][0])
+    return int(rows(settings.sqlite_path, sql, json.dumps(sorted(uids)))[0][0])
 
 
 def stored_uids(settings: Settings) -> list[str]:
-    return [uid for (uid,) in rows(settings.db, "SELECT event_uid FROM task_events")]
+    return [uid for (uid,) in rows(settings.sqlite_path, "SELECT event_uid FROM task_events")]
 
 
 def gap_free(settings: Settings) -> bool:
-    return rows(settings.db, "SELECT count(*) FROM tasks t WHERE t.latest_seq != t.event_count") == [
+    return rows(settings.sqlite_path, "SELECT count(*) FROM tasks t WHERE t.latest_seq != t.event_count") == [
         (0,)
     ] and rows(
-        settings.db,
+        settings.sqlite_path,
         "SELECT count(*) FROM task_events e WHERE e.seq > 1 AND NOT EXISTS "
         "(SELECT 1 FROM task_events p WHERE p.task_id = e.task_id AND p.seq = e.seq - 1)",
     ) == [(0,)]
@@ -254,8 +254,10 @@ def test_redis_out_of_memory_emitters_keep_and_retry_the_worker_drains_nothing_i
         client.close()
     assert stats["evicted_keys"] == 0
     assert emitter.dropped == 0
-    assert stored_count(settings.db) == events
-    payloads = rows(settings.db, "SELECT count(DISTINCT json_extract(payload, '$.i')) FROM task_events")
+    assert stored_count(settings.sqlite_path) == events
+    payloads = rows(
+        settings.sqlite_path, "SELECT count(DISTINCT json_extract(payload, '$.i')) FROM task_events"
+    )
     assert payloads == [(events,)]
     assert gap_free(settings)
     assert slowest < 0.1, f"slowest emit(): {slowest * 1000:.1f} ms"  # see the outage test
@@ -302,4 +304,4 @@ def test_an_idle_worker_survives_a_full_redis_and_resumes_when_memory_returns(
         worker.terminate()
         assert worker.wait(15) == 0
         client.close()
-    assert rows(settings.db, "SELECT count(*), max(seq) FROM task_events") == [(100, 100)]
+    assert rows(settings.sqlite_path, "SELECT count(*), max(seq) FROM task_events") == [(100, 100)]

@@ -43,12 +43,14 @@ def push(client: redis.Redis, settings: Settings, start: int, end: int) -> None:
 
 
 def assert_each_stored_once_in_order(settings: Settings, total: int) -> None:
-    stored = [i for (i,) in rows(settings.db, "SELECT json_extract(payload, '$.i') FROM task_events")]
+    stored = [
+        i for (i,) in rows(settings.sqlite_path, "SELECT json_extract(payload, '$.i') FROM task_events")
+    ]
     assert len(stored) == total and sorted(stored) == list(range(total))  # none lost, none twice
-    assert all(s == list(range(1, len(s) + 1)) for s in seqs_by_task(settings.db).values())
+    assert all(s == list(range(1, len(s) + 1)) for s in seqs_by_task(settings.sqlite_path).values())
     for task in range(TASKS):  # and in queue order within each task
         mine = rows(
-            settings.db,
+            settings.sqlite_path,
             "SELECT json_extract(payload, '$.i') FROM task_events WHERE task_id = ? ORDER BY seq",
             f"t{task}",
         )
@@ -102,7 +104,7 @@ def test_a_standby_takes_over_when_the_active_worker_is_killed(
 
     pushing = threading.Thread(target=_push_paced, args=(client, settings, 0, total, 4.0))
     pushing.start()
-    wait_for(lambda: stored_count(settings.db) > 3000)
+    wait_for(lambda: stored_count(settings.sqlite_path) > 3000)
     first.send_signal(signal.SIGKILL)  # mid-stream, most likely mid-batch
     killed = time.monotonic()
     first.wait(10)
@@ -172,7 +174,7 @@ def test_a_frozen_worker_is_replaced_and_cannot_write_when_it_wakes(
     wait_for(lambda: client.zcard(QueueKeys(settings.queue).standbys) == 1)
     pushing = threading.Thread(target=_push_paced, args=(client, settings, 0, total, 3.0))
     pushing.start()
-    wait_for(lambda: stored_count(settings.db) > 2000)
+    wait_for(lambda: stored_count(settings.sqlite_path) > 2000)
     first.send_signal(signal.SIGSTOP)
     wait_for(lambda: holder_pid(client, settings) == second.pid, timeout=3 * TTL)
     pushing.join()
@@ -218,7 +220,7 @@ def test_a_deposed_worker_can_neither_commit_nor_acknowledge(
     client.delete(keys.lease)  # A's lease lapses while it is frozen
     b.take_over()  # bumps the store's writer epoch, recovers A's batch from its slot
     b.drain()
-    assert stored_count(settings.db) == 100
+    assert stored_count(settings.sqlite_path) == 100
 
     with pytest.raises(StoreFenced, match="another worker took the store over"):
         a.writer.commit(claim.batch_id, good, dead)
@@ -228,7 +230,7 @@ def test_a_deposed_worker_can_neither_commit_nor_acknowledge(
         a.queue.claim(100, claim.batch_id + 1)
     with pytest.raises(LeaseLost):
         a.queue.beat(b"{}")
-    assert stored_count(settings.db) == 100 and settled(client, settings)
+    assert stored_count(settings.sqlite_path) == 100 and settled(client, settings)
     assert_each_stored_once_in_order(settings, 100)
     assert orjson.loads(client.get(keys.heartbeat) or b"{}").get("pid") == os.getpid()
 
@@ -269,17 +271,17 @@ def test_a_standby_that_takes_over_writes_the_store_at_its_path_not_a_file_moved
     second = start_worker(settings, TASKEVENTS_HEARTBEAT_TTL=str(TTL))
     wait_for(lambda: client.zcard(QueueKeys(settings.queue).standbys) == 1)
     aside = tmp_path / "aside.db"
-    move_store(settings.db, aside)
+    move_store(settings.sqlite_path, aside)
     first.send_signal(signal.SIGTERM)
     assert first.wait(15) == 0
     wait_for(lambda: holder_pid(client, settings) == second.pid, timeout=10)
     push(client, settings, 500, 600)
-    wait_for(lambda: settled(client, settings) and stored_count(settings.db) == 100, timeout=30)
+    wait_for(lambda: settled(client, settings) and stored_count(settings.sqlite_path) == 100, timeout=30)
     assert rows(aside, "SELECT count(*) FROM task_events") == [(500,)]  # untouched since it was moved
     # And under a running writer: the store moved again, the next batch goes to a new one at the path.
-    move_store(settings.db, tmp_path / "aside2.db")
+    move_store(settings.sqlite_path, tmp_path / "aside2.db")
     push(client, settings, 600, 700)
-    wait_for(lambda: settled(client, settings) and stored_count(settings.db) == 100, timeout=30)
+    wait_for(lambda: settled(client, settings) and stored_count(settings.sqlite_path) == 100, timeout=30)
     assert rows(tmp_path / "aside2.db", "SELECT count(*) FROM task_events") == [(100,)]
 
 

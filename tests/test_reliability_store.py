@@ -20,7 +20,7 @@ from taskevents.ingest.worker import STOP_GRACE, Worker
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 from tests.conftest import IN_CI
-from tests.helpers import rows, seqs_by_task, start_worker, stored_count, wait_for
+from tests.helpers import rows, seqs_by_task, sqlite_writer, start_worker, stored_count, wait_for
 from tests.reliability_write_helpers import beat, heartbeat, raw_event, wait_until_stored
 
 pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
@@ -41,11 +41,11 @@ def held_in_redis(client: redis.Redis, settings: Settings) -> int:
 
 
 def assert_all_stored_once(settings: Settings, count: int) -> None:
-    assert rows(settings.db, "SELECT count(*), count(DISTINCT event_uid) FROM task_events") == [
+    assert rows(settings.sqlite_path, "SELECT count(*), count(DISTINCT event_uid) FROM task_events") == [
         (count, count)
     ]
-    assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in seqs_by_task(settings.db).values())
-    assert rows(settings.db, "PRAGMA integrity_check") == [("ok",)]
+    assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in seqs_by_task(settings.sqlite_path).values())
+    assert rows(settings.sqlite_path, "PRAGMA integrity_check") == [("ok",)]
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_sqlite_full_stops_commits_keeps_events_reports_and_resumes(
     """SQLITE_FULL from SQLite itself: a page limit on the worker's own connection (max_page_count)."""
     push(client, settings, 0, BEFORE)
     wait_until_stored(client, settings, BEFORE, timeout=30)
-    conn = running.writer._conn  # the worker is idle: nothing else uses its connection now
+    conn = sqlite_writer(running)._conn  # the worker is idle: nothing else uses its connection now
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")  # the "disk" holds what the store has, no more
 
@@ -74,7 +74,7 @@ def test_sqlite_full_stops_commits_keeps_events_reports_and_resumes(
     wait_for(lambda: (heartbeat(client, settings) or {}).get("store_error") is not None, timeout=20)
     assert beat(client, settings)["store_error"] == "database or disk is full"
     time.sleep(FAULT)
-    assert stored_count(settings.db) == BEFORE  # no commit while full
+    assert stored_count(settings.sqlite_path) == BEFORE  # no commit while full
     assert held_in_redis(client, settings) == DURING  # every event kept in Redis
 
     conn.execute("PRAGMA max_page_count = 4294967294")  # space returns
@@ -150,7 +150,7 @@ def test_a_full_file_system_stops_the_real_worker_and_it_resumes_when_space_retu
         assert beat(client, settings)["store_error"] == "database or disk is full"
         time.sleep(FAULT)
         assert worker.poll() is None
-        assert stored_count(settings.db) == BEFORE
+        assert stored_count(settings.sqlite_path) == BEFORE
         assert held_in_redis(client, settings) == DURING
 
         filler.unlink()  # space returns
@@ -188,14 +188,16 @@ def test_a_store_locked_by_another_process_makes_the_worker_wait_and_lose_nothin
         push(client, settings, 0, BEFORE)
         wait_until_stored(client, settings, BEFORE, timeout=30, alive=lambda: worker.poll() is None)
         locker = subprocess.Popen(
-            [sys.executable, "-c", LOCKER, str(settings.db), str(FAULT)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", LOCKER, str(settings.sqlite_path), str(FAULT)],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
         locked_at = time.monotonic()
         push(client, settings, BEFORE, DURING)
         wait_for(lambda: (heartbeat(client, settings) or {}).get("store_error") is not None, timeout=20)
         assert beat(client, settings)["store_error"] == "database is locked"
-        assert stored_count(settings.db) == BEFORE
+        assert stored_count(settings.sqlite_path) == BEFORE
         while locker.poll() is None:
             assert (heartbeat(client, settings) or {}).get("store_error") == "database is locked"
             time.sleep(0.1)
@@ -224,7 +226,7 @@ def test_a_warm_stop_gives_up_a_commit_that_keeps_failing_and_does_not_count_it_
     push(client, settings, 0, BEFORE)
     wait_until_stored(client, settings, BEFORE, timeout=30, alive=lambda: worker.poll() is None)
     locker = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(settings.db), "120"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", LOCKER, str(settings.sqlite_path), "120"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert locker.stdout is not None and locker.stdout.readline() == "locked\n"

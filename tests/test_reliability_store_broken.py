@@ -104,10 +104,12 @@ def go_through_fault(
 
 
 def assert_all_stored_once(settings: Settings, count: int) -> None:
-    stored = [i for (i,) in rows(settings.db, "SELECT json_extract(payload, '$.i') FROM task_events")]
+    stored = [
+        i for (i,) in rows(settings.sqlite_path, "SELECT json_extract(payload, '$.i') FROM task_events")
+    ]
     assert sorted(stored) == list(range(count))
-    assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in seqs_by_task(settings.db).values())
-    assert rows(settings.db, "PRAGMA integrity_check") == [("ok",)]
+    assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in seqs_by_task(settings.sqlite_path).values())
+    assert rows(settings.sqlite_path, "PRAGMA integrity_check") == [("ok",)]
 
 
 def test_a_corrupt_page_stops_consuming_and_the_mended_store_resumes(
@@ -115,16 +117,16 @@ def test_a_corrupt_page_stops_consuming_and_the_mended_store_resumes(
 ) -> None:
     settings = settings.model_copy(update={"batch_size": 500})
     stop(worker)  # its WAL is checkpointed into the file: the page is on disk
-    (root,) = rows(settings.db, "SELECT rootpage FROM sqlite_master WHERE name = 'tasks'")[0]
-    (page_size,) = rows(settings.db, "PRAGMA page_size")[0]
-    with settings.db.open("r+b") as f:
+    (root,) = rows(settings.sqlite_path, "SELECT rootpage FROM sqlite_master WHERE name = 'tasks'")[0]
+    (page_size,) = rows(settings.sqlite_path, "PRAGMA page_size")[0]
+    with settings.sqlite_path.open("r+b") as f:
         f.seek((root - 1) * page_size)
         original = f.read(page_size)
         f.seek((root - 1) * page_size)
         f.write(b"\xa5" * page_size)  # the tasks table's root page, garbage: "malformed"
 
     def mend() -> None:
-        with settings.db.open("r+b") as f:
+        with settings.sqlite_path.open("r+b") as f:
             f.seek((root - 1) * page_size)
             f.write(original)
 
@@ -139,8 +141,8 @@ def test_an_integrity_error_from_the_store_is_not_blamed_on_the_batch(
 ) -> None:
     """A row at the seq the worker assigns next (what a second writer would leave): UNIQUE fails."""
     settings = settings.model_copy(update={"batch_size": 500})
-    (latest,) = rows(settings.db, "SELECT latest_seq FROM tasks WHERE task_id = 't0'")[0]
-    intruder = sqlite3.connect(settings.db, isolation_level=None)
+    (latest,) = rows(settings.sqlite_path, "SELECT latest_seq FROM tasks WHERE task_id = 't0'")[0]
+    intruder = sqlite3.connect(settings.sqlite_path, isolation_level=None)
     intruder.execute(
         "INSERT INTO task_events (task_id, seq, event_type, actor, span_id, created_at) "
         "VALUES ('t0', ?, 'intruder', 'x', 'x', '2026-01-01T00:00:00.000Z')",
@@ -160,13 +162,13 @@ def test_a_schema_newer_than_the_worker_stops_it_until_the_store_is_one_it_knows
 ) -> None:
     settings = settings.model_copy(update={"batch_size": 500})
     stop(worker)
-    conn = sqlite3.connect(settings.db, isolation_level=None)
+    conn = sqlite3.connect(settings.sqlite_path, isolation_level=None)
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     conn.execute("PRAGMA user_version = 99")
     conn.close()
 
     def mend() -> None:
-        conn = sqlite3.connect(settings.db, isolation_level=None)
+        conn = sqlite3.connect(settings.sqlite_path, isolation_level=None)
         conn.execute(f"PRAGMA user_version = {version}")
         conn.close()
 
@@ -180,14 +182,14 @@ def test_a_worker_started_on_a_file_that_is_not_a_database_waits_for_one(
     settings: Settings, client: redis.Redis, tmp_path: Path
 ) -> None:
     settings = settings.model_copy(update={"db": tmp_path / "not-a-db.sqlite"})
-    settings.db.write_bytes(b"this is not an SQLite file " * 200)
+    settings.sqlite_path.write_bytes(b"this is not an SQLite file " * 200)
     proc = start_worker(settings)
     push(client, settings, 0, 100)
     wait_for(
         lambda: "not a database" in ((heartbeat(client, settings) or {}).get("store_error") or ""), timeout=20
     )
     assert proc.poll() is None and held_in_redis(client, settings) == 100
-    settings.db.unlink()  # the operator moves the bad file away: the worker creates the store
+    settings.sqlite_path.unlink()  # the operator moves the bad file away: the worker creates the store
     wait_until_stored(client, settings, 100, timeout=30, alive=lambda: proc.poll() is None)
-    assert stored_count(settings.db) == 100
+    assert stored_count(settings.sqlite_path) == 100
     stop(proc)

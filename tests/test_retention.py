@@ -118,20 +118,20 @@ def test_archived_tasks_read_the_same_restore_exactly_and_a_late_event_continues
 ) -> None:
     total = simulate(stack.emitter, tasks=6, concurrency=6, rate=0, seed=11, prefix="ret", leave_running=1)
     stack.emitter.flush()
-    wait_for(lambda: sum(s for s, _, _ in _tasks(settings.db).values()) == total, timeout=60)
-    tasks = _tasks(settings.db)
+    wait_for(lambda: sum(s for s, _, _ in _tasks(settings.sqlite_path).values()) == total, timeout=60)
+    tasks = _tasks(settings.sqlite_path)
     ended = sorted(t for t, (_, status, _) in tasks.items() if status != "running")
     running = [t for t, (_, status, _) in tasks.items() if status == "running"]
     assert len(ended) == 5 and len(running) == 1
     before = {t: _answers(stack.api.url, t) for t in tasks}
-    rows_before = {t: _store_rows(settings.db, t) for t in tasks}
+    rows_before = {t: _store_rows(settings.sqlite_path, t) for t in tasks}
 
     report = archive_pass(settings, older_than=0)
     assert sorted(report.archived) == ended and report.events == sum(tasks[t][0] for t in ended)
-    wait_for(lambda: _emptied(settings.db, ended), timeout=30)
-    assert _tasks(settings.db)[running[0]][2] == 0  # a running task is never archived
-    assert rows(settings.db, "SELECT count(*) FROM spans WHERE task_id IN (SELECT value FROM json_each(?))",
-                orjson.dumps(ended).decode()) == [(0,)]  # fmt: skip
+    wait_for(lambda: _emptied(settings.sqlite_path, ended), timeout=30)
+    assert _tasks(settings.sqlite_path)[running[0]][2] == 0  # a running task is never archived
+    spans = "SELECT count(*) FROM spans WHERE task_id IN (SELECT value FROM json_each(?))"
+    assert rows(settings.sqlite_path, spans, orjson.dumps(ended).decode()) == [(0,)]
 
     # Every endpoint answers as before, from the archive; only `archived` says where from.
     for t in ended:
@@ -147,12 +147,12 @@ def test_archived_tasks_read_the_same_restore_exactly_and_a_late_event_continues
 
     # Restored: the same rows as before, to the byte.
     done = CliRunner().invoke(
-        main, ["restore", *ended[:2], "--redis-url", settings.redis_url, "--db", str(settings.db),
+        main, ["restore", *ended[:2], "--redis-url", settings.redis_url, "--db", str(settings.sqlite_path),
                "--queue", settings.queue], env={"TASKEVENTS_ARCHIVE_DIR": str(settings.archive_dir)},
     )  # fmt: skip
     assert done.exit_code == 0, done.output
     for t in ended[:2]:
-        assert _store_rows(settings.db, t) == rows_before[t]
+        assert _store_rows(settings.sqlite_path, t) == rows_before[t]
         assert _answers(stack.api.url, t) == before[t]
 
     # A late event for an archived task: the task comes back, its seq goes on after the archived ones.
@@ -160,8 +160,8 @@ def test_archived_tasks_read_the_same_restore_exactly_and_a_late_event_continues
     latest = tasks[late][0]
     stack.emitter.emit(late, "runner_heartbeat", span_id=f"{late}/runner", actor="runner")
     stack.emitter.flush()
-    wait_for(lambda: _tasks(settings.db)[late] == (latest + 1, tasks[late][1], 0), timeout=30)
-    got = _store_rows(settings.db, late)
+    wait_for(lambda: _tasks(settings.sqlite_path)[late] == (latest + 1, tasks[late][1], 0), timeout=30)
+    got = _store_rows(settings.sqlite_path, late)
     assert got is not None and [e["seq"] for e in got.events] == list(range(1, latest + 2))
     old = rows_before[late]
     assert old is not None and got.events[:-1] == old.events  # the archived events, as they were
@@ -172,9 +172,9 @@ def test_a_missing_or_damaged_archive_answers_410_or_503_never_a_500(stack: Live
         stack.emitter.emit(task, "runner_spawn", span_id=f"{task}/r", actor="runner")
         stack.emitter.emit(task, "runner_exit", span_id=f"{task}/r", actor="runner", payload={"exit_code": 0})
     stack.emitter.flush()
-    wait_for(lambda: len(_tasks(settings.db)) == 2, timeout=30)
+    wait_for(lambda: len(_tasks(settings.sqlite_path)) == 2, timeout=30)
     archive_pass(settings, older_than=0)
-    wait_for(lambda: _emptied(settings.db, ["gone", "bad"]), timeout=30)
+    wait_for(lambda: _emptied(settings.sqlite_path, ["gone", "bad"]), timeout=30)
     (settings.archive_dir / key("gone")).unlink()
     path = settings.archive_dir / key("bad")
     path.write_bytes(path.read_bytes()[:-3] + b"xyz")
@@ -192,7 +192,7 @@ def test_a_missing_or_damaged_archive_answers_410_or_503_never_a_500(stack: Live
     report = archive_pass(settings)  # a pass reports them too
     assert set(report.damaged) == {"gone", "bad"} and "SHA-256" in report.damaged["bad"]
     done = CliRunner().invoke(
-        main, ["restore", "bad", "--redis-url", settings.redis_url, "--db", str(settings.db),
+        main, ["restore", "bad", "--redis-url", settings.redis_url, "--db", str(settings.sqlite_path),
                "--queue", settings.queue, "--timeout", "1"],
         env={"TASKEVENTS_ARCHIVE_DIR": str(settings.archive_dir)},
     )  # fmt: skip
@@ -204,8 +204,8 @@ def test_archive_command_lists_dry_runs_and_refuses_running_tasks(stack: Live, s
     stack.emitter.emit("done", "runner_exit", span_id="done/r", actor="runner", payload={"exit_code": 1})
     stack.emitter.emit("busy", "runner_spawn", span_id="busy/r", actor="runner")
     stack.emitter.flush()
-    wait_for(lambda: len(_tasks(settings.db)) == 2, timeout=30)
-    base = ["--redis-url", settings.redis_url, "--db", str(settings.db), "--queue", settings.queue]
+    wait_for(lambda: len(_tasks(settings.sqlite_path)) == 2, timeout=30)
+    base = ["--redis-url", settings.redis_url, "--db", str(settings.sqlite_path), "--queue", settings.queue]
     env = {"TASKEVENTS_ARCHIVE_DIR": str(settings.archive_dir)}
     runner = CliRunner()
     done = runner.invoke(main, ["archive", "--dry-run", "--older-than", "0s", *base], env=env)
@@ -222,8 +222,10 @@ def test_archive_command_lists_dry_runs_and_refuses_running_tasks(stack: Live, s
     done = runner.invoke(main, ["archive", "--older-than", "soon", *base], env=env)
     assert done.exit_code == 2 and "not a duration" in done.output
     assert TaskArchive.at(settings.archive_dir).manifest("done").event_count == 2
-    wait_for(lambda: _emptied(settings.db, ["done"]), timeout=30)
-    assert sqlite3.connect(settings.db).execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental
+    wait_for(lambda: _emptied(settings.sqlite_path, ["done"]), timeout=30)
+    assert sqlite3.connect(settings.sqlite_path).execute("PRAGMA auto_vacuum").fetchone() == (
+        2,
+    )  # incremental
 
 
 def _archive_files(settings: Settings) -> int:
@@ -233,7 +235,7 @@ def _archive_files(settings: Settings) -> int:
 def _archived_seqs(settings: Settings, task_ids: list[str]) -> dict[str, list[int]]:
     """Each task's seqs across the store and its archive (an archived task's, from its archive)."""
     archive = TaskArchive.at(settings.archive_dir)
-    marks = dict(rows(settings.db, "SELECT task_id, archived FROM tasks"))
+    marks = dict(rows(settings.sqlite_path, "SELECT task_id, archived FROM tasks"))
     out: dict[str, list[int]] = {}
     for t in task_ids:
         if marks.get(t) == 1:
@@ -241,7 +243,9 @@ def _archived_seqs(settings: Settings, task_ids: list[str]) -> dict[str, list[in
         else:
             out[t] = [
                 s
-                for (s,) in rows(settings.db, "SELECT seq FROM task_events WHERE task_id = ? ORDER BY seq", t)
+                for (s,) in rows(
+                    settings.sqlite_path, "SELECT seq FROM task_events WHERE task_id = ? ORDER BY seq", t
+                )
             ]
     return out
 
@@ -252,8 +256,8 @@ def test_jobs_sigkilled_mid_pass_again_and_again_lose_and_double_nothing(
 ) -> None:
     total = simulate(stack.emitter, tasks=400, concurrency=40, rate=0, seed=21, prefix="kill")
     stack.emitter.flush()
-    wait_for(lambda: sum(s for s, _, _ in _tasks(settings.db).values()) == total, timeout=120)
-    tasks = _tasks(settings.db)
+    wait_for(lambda: sum(s for s, _, _ in _tasks(settings.sqlite_path).values()) == total, timeout=120)
+    tasks = _tasks(settings.sqlite_path)
     env = worker_env(
         settings, TASKEVENTS_RETENTION="0s", TASKEVENTS_ARCHIVE_EVERY="1s", TASKEVENTS_LOG_LEVEL="WARNING"
     )
@@ -270,13 +274,13 @@ def test_jobs_sigkilled_mid_pass_again_and_again_lose_and_double_nothing(
             jobs.wait(10)
     jobs = subprocess.Popen(command, env=env)  # the last one finishes the work
     try:
-        wait_for(lambda: _emptied(settings.db, list(tasks)), timeout=120, interval=0.2)
+        wait_for(lambda: _emptied(settings.sqlite_path, list(tasks)), timeout=120, interval=0.2)
     finally:
         jobs.terminate()
         assert jobs.wait(30) == 0  # a warm stop
     seqs = _archived_seqs(settings, list(tasks))
     assert all(seqs[t] == list(range(1, latest + 1)) for t, (latest, _, _) in tasks.items())
-    assert rows(settings.db, "SELECT count(*) FROM task_events") == [(0,)]
+    assert rows(settings.sqlite_path, "SELECT count(*) FROM task_events") == [(0,)]
 
 
 @pytest.mark.slow
@@ -285,8 +289,8 @@ def test_archiving_during_full_speed_ingest_loses_and_doubles_nothing(
 ) -> None:
     first = simulate(stack.emitter, tasks=100, concurrency=20, rate=0, seed=31, prefix="old")
     stack.emitter.flush()
-    wait_for(lambda: sum(s for s, _, _ in _tasks(settings.db).values()) == first, timeout=60)
-    old = list(_tasks(settings.db))
+    wait_for(lambda: sum(s for s, _, _ in _tasks(settings.sqlite_path).values()) == first, timeout=60)
+    old = list(_tasks(settings.sqlite_path))
     done = threading.Event()
 
     def passes() -> None:
@@ -302,23 +306,26 @@ def test_archiving_during_full_speed_ingest_loses_and_doubles_nothing(
         for t in old[:20]:
             stack.emitter.emit(t, "runner_heartbeat", span_id=f"{t}/runner", actor="runner")
         stack.emitter.flush()
-        wait_for(lambda: sum(s for s, _, _ in _tasks(settings.db).values()) == first + more + 20, timeout=120)
+        wait_for(
+            lambda: sum(s for s, _, _ in _tasks(settings.sqlite_path).values()) == first + more + 20,
+            timeout=120,
+        )
     finally:
         done.set()
         archiver.join(60)
     while archive_pass(settings, older_than=0).more:  # each pass is bounded
         pass
-    tasks = _tasks(settings.db)
+    tasks = _tasks(settings.sqlite_path)
     ended = [t for t, (_, status, _) in tasks.items() if status != "running"]
     assert set(old) <= set(ended)
-    wait_for(lambda: _emptied(settings.db, ended), timeout=60)
+    wait_for(lambda: _emptied(settings.sqlite_path, ended), timeout=60)
     seqs = _archived_seqs(settings, list(tasks))
     assert all(seqs[t] == list(range(1, latest + 1)) for t, (latest, _, _) in tasks.items())
 
 
 def test_one_pass_at_a_time(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.redis_url)
-    open_writer(settings.db).close()
+    open_writer(settings.sqlite_path).close()
     held = PassLock(client, QueueKeys(settings.queue))
     assert held.acquire()
     try:
@@ -330,7 +337,7 @@ def test_one_pass_at_a_time(settings: Settings) -> None:
 
 def test_old_dead_letters_move_to_a_file_before_they_leave_redis(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.redis_url)
-    open_writer(settings.db).close()
+    open_writer(settings.sqlite_path).close()
     dead = QueueKeys(settings.queue).dead
     old = [
         orjson.dumps({"code": "not_json", "raw": f"x{i}", "dead_at": "2020-01-01T00:00:00.000Z"})
@@ -349,7 +356,7 @@ def test_old_dead_letters_move_to_a_file_before_they_leave_redis(settings: Setti
 def _archive_now(settings: Settings, task_id: str) -> None:
     report = archive_pass(settings, task_ids=[task_id])
     assert report.archived == [task_id], report
-    wait_for(lambda: _emptied(settings.db, [task_id]), timeout=30)
+    wait_for(lambda: _emptied(settings.sqlite_path, [task_id]), timeout=30)
 
 
 def test_a_late_event_beside_an_unreadable_archive_is_kept_and_restore_merges_it(
@@ -358,24 +365,24 @@ def test_a_late_event_beside_an_unreadable_archive_is_kept_and_restore_merges_it
     for event_type in ("runner_spawn", "runner_heartbeat", "runner_exit"):
         stack.emitter.emit("late", event_type, span_id="late/r", actor="runner", payload={"exit_code": 0})
     stack.emitter.flush()
-    wait_for(lambda: _tasks(settings.db).get("late", (0,))[0] == 3, timeout=30)
+    wait_for(lambda: _tasks(settings.sqlite_path).get("late", (0,))[0] == 3, timeout=30)
     _archive_now(settings, "late")
     path = settings.archive_dir / key("late")
     good = path.read_bytes()
     path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     stack.emitter.emit("late", "runner_heartbeat", span_id="late/r", actor="runner")
     stack.emitter.flush()
-    wait_for(lambda: _tasks(settings.db)["late"][0] == 4, timeout=30)  # stored, seq 4, all the same
+    wait_for(lambda: _tasks(settings.sqlite_path)["late"][0] == 4, timeout=30)  # stored, seq 4, all the same
     time.sleep(1.0)  # the worker's retention steps run meanwhile: they must not remove it
-    assert rows(settings.db, "SELECT seq FROM task_events WHERE task_id = 'late'") == [(4,)]
-    assert _tasks(settings.db)["late"][2] == 1  # still archived: reads say its archive is damaged
+    assert rows(settings.sqlite_path, "SELECT seq FROM task_events WHERE task_id = 'late'") == [(4,)]
+    assert _tasks(settings.sqlite_path)["late"][2] == 1  # still archived: reads say its archive is damaged
     path.write_bytes(good)  # repaired
     done = CliRunner().invoke(
-        main, ["restore", "late", "--redis-url", settings.redis_url, "--db", str(settings.db),
+        main, ["restore", "late", "--redis-url", settings.redis_url, "--db", str(settings.sqlite_path),
                "--queue", settings.queue], env={"TASKEVENTS_ARCHIVE_DIR": str(settings.archive_dir)},
     )  # fmt: skip
     assert done.exit_code == 0, done.output
-    assert rows(settings.db, "SELECT seq FROM task_events WHERE task_id = 'late' ORDER BY seq") == [
+    assert rows(settings.sqlite_path, "SELECT seq FROM task_events WHERE task_id = 'late' ORDER BY seq") == [
         (1,),
         (2,),
         (3,),
@@ -387,15 +394,19 @@ def test_a_task_archived_again_is_read_from_its_new_archive(stack: Live, setting
     stack.emitter.emit("again", "runner_spawn", span_id="again/r", actor="runner")
     stack.emitter.emit("again", "runner_exit", span_id="again/r", actor="runner", payload={"exit_code": 0})
     stack.emitter.flush()
-    wait_for(lambda: _tasks(settings.db).get("again", (0,))[0] == 2, timeout=30)
+    wait_for(lambda: _tasks(settings.sqlite_path).get("again", (0,))[0] == 2, timeout=30)
     _archive_now(settings, "again")
     with httpx.Client(base_url=stack.api.url) as http:
         assert http.get("/api/tasks/again/events").json()["total"] == 2  # loaded and kept by the API
         stack.emitter.emit("again", "runner_heartbeat", span_id="again/r", actor="runner")
         stack.emitter.flush()
-        wait_for(lambda: _tasks(settings.db)["again"] == (3, "succeeded", 0), timeout=30)  # brought back
+        wait_for(
+            lambda: _tasks(settings.sqlite_path)["again"] == (3, "succeeded", 0), timeout=30
+        )  # brought back
         _archive_now(settings, "again")
         body = http.get("/api/tasks/again/events").json()
         assert body["total"] == 3 and [e["seq"] for e in body["events"]] == [1, 2, 3]
         assert http.get("/api/tasks/again/events/snapshot").json()["archived"] is True
-    assert len(rows(settings.db, "SELECT restored_at FROM task_restores WHERE task_id = 'again'")) == 1
+    assert (
+        len(rows(settings.sqlite_path, "SELECT restored_at FROM task_restores WHERE task_id = 'again'")) == 1
+    )

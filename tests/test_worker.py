@@ -16,7 +16,7 @@ from taskevents.ingest.batch import decode_batch
 from taskevents.ingest.worker import Worker, unavailable
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
-from tests.helpers import rows, seqs_by_task, start_worker, stored_count, wait_for, worker_env
+from tests.helpers import rows, seqs_by_task, sqlite_writer, start_worker, stored_count, wait_for, worker_env
 
 pytestmark = pytest.mark.redis_server
 
@@ -33,7 +33,7 @@ def drain(worker: Worker) -> None:
 def test_seq_is_assigned_per_task_in_queue_order(settings: Settings, client: redis.Redis) -> None:
     client.rpush(settings.queue, *[event(f"t{i % 3}", payload={"i": i}) for i in range(30)])
     drain(Worker(settings))
-    stored = rows(settings.db, "SELECT task_id, seq, payload FROM task_events ORDER BY event_id")
+    stored = rows(settings.sqlite_path, "SELECT task_id, seq, payload FROM task_events ORDER BY event_id")
     for task in ("t0", "t1", "t2"):
         mine = [(seq, orjson.loads(p)["i"]) for t, seq, p in stored if t == task]
         assert [s for s, _ in mine] == list(range(1, 11))
@@ -48,7 +48,7 @@ def test_seq_continues_across_batches_and_restarts(settings: Settings, client: r
     client.rpush(settings.queue, *[event() for _ in range(5)])
     with Worker(small) as second:  # a new worker: seq comes from the store, not from memory
         drain(second)
-    assert seqs_by_task(settings.db) == {"t1": list(range(1, 26))}
+    assert seqs_by_task(settings.sqlite_path) == {"t1": list(range(1, 26))}
 
 
 def test_the_largest_batch_is_claimed_and_stored_whole(settings: Settings, client: redis.Redis) -> None:
@@ -58,7 +58,7 @@ def test_the_largest_batch_is_claimed_and_stored_whole(settings: Settings, clien
     worker = Worker(biggest)
     assert worker.step() and client.llen(settings.queue) == 5
     drain(worker)
-    assert {t: len(s) for t, s in seqs_by_task(settings.db).items()} == {
+    assert {t: len(s) for t, s in seqs_by_task(settings.sqlite_path).items()} == {
         "t0": (biggest.batch_size + 5 + 1) // 2,
         "t1": (biggest.batch_size + 5) // 2,
     }
@@ -71,7 +71,7 @@ def test_the_same_event_uid_is_stored_once(settings: Settings, client: redis.Red
     drain(worker)
     client.rpush(settings.queue, once, event(event_uid="uid-2"), event(event_uid="uid-3"))  # and later
     drain(worker)
-    assert rows(settings.db, "SELECT event_uid, seq FROM task_events ORDER BY seq") == [
+    assert rows(settings.sqlite_path, "SELECT event_uid, seq FROM task_events ORDER BY seq") == [
         ("uid-1", 1),
         ("uid-2", 2),
         ("uid-3", 3),
@@ -97,7 +97,7 @@ def test_bad_events_are_dead_lettered_with_reason_and_the_rest_is_stored(
     client.rpush(settings.queue, event(task="ok"), *bad, event(task="ok"))
     worker = Worker(settings)
     drain(worker)
-    assert seqs_by_task(settings.db) == {"ok": [1, 2]}
+    assert seqs_by_task(settings.sqlite_path) == {"ok": [1, 2]}
     dead = [orjson.loads(x) for x in client.lrange(QueueKeys(settings.queue).dead, 0, -1)]
     assert [d["code"] for d in dead] == [
         "not_json",
@@ -132,11 +132,11 @@ def test_summaries_track_phase_status_and_spans(settings: Settings, client: redi
     )
     worker = Worker(settings.model_copy(update={"batch_size": 3}))  # spans cross batch boundaries
     drain(worker)
-    assert rows(settings.db, "SELECT latest_seq, event_count, current_phase, status FROM tasks") == [
+    assert rows(settings.sqlite_path, "SELECT latest_seq, event_count, current_phase, status FROM tasks") == [
         (8, 8, "executing", "running")
     ]
     spans = rows(
-        settings.db,
+        settings.sqlite_path,
         "SELECT span_id, parent_span_id, event_type, first_seq, end_seq, state, event_count FROM spans",
     )
     assert sorted(spans) == [
@@ -148,13 +148,15 @@ def test_summaries_track_phase_status_and_spans(settings: Settings, client: redi
     ]
     client.rpush(settings.queue, event(kind="runner_exit", payload={"exit_code": 3}))
     drain(worker)
-    assert rows(settings.db, "SELECT status, current_phase FROM tasks") == [("failed", "executing")]
-    assert rows(settings.db, "SELECT state, end_seq FROM spans WHERE span_id = 'root'") == [("closed", 9)]
+    assert rows(settings.sqlite_path, "SELECT status, current_phase FROM tasks") == [("failed", "executing")]
+    assert rows(settings.sqlite_path, "SELECT state, end_seq FROM spans WHERE span_id = 'root'") == [
+        ("closed", 9)
+    ]
 
 
 def test_the_store_itself_refuses_duplicate_seq_and_event_uid(settings: Settings) -> None:
-    open_writer(settings.db).close()  # the schema, as the worker creates it
-    conn = sqlite3.connect(settings.db)
+    open_writer(settings.sqlite_path).close()  # the schema, as the worker creates it
+    conn = sqlite3.connect(settings.sqlite_path)
     insert = (
         "INSERT INTO task_events (task_id, seq, event_type, actor, span_id, created_at, event_uid) "
         "VALUES (?, ?, 'x', 'a', 's', '2026-01-01T00:00:00.000Z', ?)"
@@ -177,7 +179,7 @@ def test_uncommitted_leftovers_are_processed_after_a_crash(settings: Settings, c
     assert client.llen(QueueKeys(settings.queue).processing(1)) == 4  # batch 1's slot
     lapse(client, settings)
     drain_after_recovery(Worker(settings))
-    assert seqs_by_task(settings.db) == {"t1": list(range(1, 11))}
+    assert seqs_by_task(settings.sqlite_path) == {"t1": list(range(1, 11))}
     assert client.exists(*QueueKeys(settings.queue).processing_keys) == 0
 
 
@@ -195,7 +197,7 @@ def test_committed_but_unacknowledged_batch_is_not_stored_twice(
     worker.writer.commit(batch_id, good, dead)  # committed; the worker dies before acknowledging
     lapse(client, settings)
     drain_after_recovery(Worker(settings))
-    assert seqs_by_task(settings.db) == {"t1": [1, 2, 3, 4, 5]}
+    assert seqs_by_task(settings.sqlite_path) == {"t1": [1, 2, 3, 4, 5]}
     keys = QueueKeys(settings.queue)
     assert client.exists(*keys.processing_keys, keys.processing_batch(0), keys.processing_batch(1)) == 0
     assert client.llen(keys.dead) == 1  # its dead letter is still recorded, once
@@ -214,14 +216,14 @@ def lapse(client: redis.Redis, settings: Settings) -> None:
 def test_sigterm_finishes_the_batch_and_exits_zero(settings: Settings, client: redis.Redis) -> None:
     client.rpush(settings.queue, *[event(f"t{i % 10}") for i in range(50_000)])
     proc = start_worker(settings.model_copy(update={"batch_size": 500}))
-    wait_for(lambda: stored_count(settings.db) > 0)
+    wait_for(lambda: stored_count(settings.sqlite_path) > 0)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     keys = QueueKeys(settings.queue)
     assert client.exists(*keys.processing_keys) == 0  # nothing left half-done
-    stored = rows(settings.db, "SELECT count(*) FROM task_events")[0][0]
+    stored = rows(settings.sqlite_path, "SELECT count(*) FROM task_events")[0][0]
     assert stored + client.llen(settings.queue) == 50_000
-    assert all(s == list(range(1, len(s) + 1)) for s in seqs_by_task(settings.db).values())
+    assert all(s == list(range(1, len(s) + 1)) for s in seqs_by_task(settings.sqlite_path).values())
 
 
 def test_check_reports_the_heartbeat(settings: Settings) -> None:
@@ -242,7 +244,7 @@ def test_an_idle_worker_wakes_for_new_events(settings: Settings, client: redis.R
         emitter = Emitter.from_settings(settings)
         emitter.emit("late", "runner_spawn", span_id="r", actor="runner")
         assert emitter.close(5)
-        wait_for(lambda: stored_count(settings.db) == 1)
+        wait_for(lambda: stored_count(settings.sqlite_path) == 1)
     finally:
         proc.terminate()
         proc.wait(15)
@@ -251,7 +253,7 @@ def test_an_idle_worker_wakes_for_new_events(settings: Settings, client: redis.R
 @pytest.mark.parametrize(("setting", "pragma"), [("NORMAL", 1), ("FULL", 2)])
 def test_the_store_syncs_as_configured(settings: Settings, setting: str, pragma: int) -> None:
     worker = Worker(settings.model_copy(update={"sqlite_synchronous": setting}))
-    assert worker.writer._conn.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    assert sqlite_writer(worker)._conn.execute("PRAGMA synchronous").fetchone()[0] == pragma
     with pytest.raises(ValueError, match="sqlite_synchronous"):
         Settings(sqlite_synchronous="OFF")
 
@@ -268,7 +270,7 @@ def test_a_runner_exit_with_a_textual_exit_code_zero_is_a_success(
     )
     with Worker(settings) as worker:
         drain(worker)
-    assert rows(settings.db, "SELECT task_id, status FROM tasks ORDER BY task_id") == [
+    assert rows(settings.sqlite_path, "SELECT task_id, status FROM tasks ORDER BY task_id") == [
         ("a", "succeeded"),
         ("b", "failed"),
     ]

@@ -1,0 +1,228 @@
+"""The real worker with TASKEVENTS_DB a `postgresql://` URL, against a PostgreSQL server and a
+redis-server the suite starts itself: the same contract as on SQLite (each task's seq 1..n, every
+event once, bad events set aside), through the worker's SIGKILL and the server's stop, restart and
+SIGKILL during ingest."""
+
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+import redis
+
+from taskevents.ingest.worker import Worker
+from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
+from tests.helpers import start_worker, wait_for
+from tests.test_recovery import commit_then_die
+from tests.pgserver import PostgresServer
+from tests.reliability_write_helpers import raw_event, settled
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis_server]
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PostgresServer]:
+    """A server for one test, which it may stop, restart and kill."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _on(server: PostgresServer, settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    return settings.model_copy(update={"db": server.database("w_" + request.node.name)})
+
+
+def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _stored(url: str) -> int:
+    try:
+        return int(_rows(url, "SELECT count(*) FROM task_events")[0][0])
+    except psycopg.Error:  # the server restarting, the schema not made yet
+        return -1
+
+
+def _assert_exact(url: str, expected: dict[str, list[int]]) -> None:
+    """Each task's seq is 1..n, and its events are the `i`s each producer sent, once, in order."""
+    by_task: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    for task_id, seq, payload in _rows(
+        url, "SELECT task_id, seq, payload FROM task_events ORDER BY task_id, seq"
+    ):
+        by_task[task_id].append((seq, orjson.loads(payload)))
+    assert sorted(by_task) == sorted(expected)
+    for task_id, events in by_task.items():
+        assert [seq for seq, _ in events] == list(range(1, len(events) + 1)), task_id
+        assert [p["i"] for _, p in events] == expected[task_id], task_id
+    latest = dict(_rows(url, "SELECT task_id, latest_seq FROM tasks"))
+    assert latest == {t: len(e) for t, e in by_task.items()}
+
+
+def test_the_worker_stores_sets_aside_and_dedups_on_postgresql(
+    pg: PostgresServer, settings: Settings, client: redis.Redis, request: pytest.FixtureRequest
+) -> None:
+    settings = _on(pg, settings, request)
+    keys = QueueKeys(settings.queue)
+    client.rpush(
+        keys.queue,
+        raw_event("a", 0, uid="u0"),
+        raw_event("b", 0),
+        raw_event("a", 1, uid="u1"),
+        raw_event("a", 1, uid="u1"),  # a producer's retry: stored once
+        b'{"task_id": "a", "event_type": "work_item_progress"',  # not JSON: set aside, with its reason
+        raw_event("b", 1),
+        raw_event("a", 2, uid="u2"),
+    )
+    with Worker(settings) as worker:
+        worker.drain()
+    _assert_exact(settings.db, {"a": [0, 1, 2], "b": [0, 1]})
+    (dead,) = client.lrange(keys.dead, 0, -1)
+    assert orjson.loads(dead)["code"] == "not_json"
+    assert _rows(settings.db, "SELECT last_batch_id > 0 FROM ingest_state WHERE part = 0") == [(True,)]
+    # A second worker's term continues the seq; the last batch id was kept, so nothing is redone.
+    client.rpush(keys.queue, raw_event("a", 3), raw_event("a", 1, uid="u1"))
+    with Worker(settings) as worker:
+        worker.drain()
+    _assert_exact(settings.db, {"a": [0, 1, 2, 3], "b": [0, 1]})
+
+
+def test_a_batch_committed_but_not_acknowledged_is_acknowledged_not_stored_again(
+    pg: PostgresServer, settings: Settings, client: redis.Redis, request: pytest.FixtureRequest
+) -> None:
+    """The window a SIGKILL rarely hits: the commit landed, the worker died before its ack."""
+    settings = _on(pg, settings, request)
+    batch_id = commit_then_die(settings, client, [raw_event("a", i) for i in range(5)] + [b"junk"])
+    keys = QueueKeys(settings.queue)
+    assert client.exists(*keys.processing_keys) == 1  # still in flight
+    client.rpush(keys.queue, raw_event("a", 5))
+    with Worker(settings) as worker:
+        worker.drain()
+    _assert_exact(settings.db, {"a": [0, 1, 2, 3, 4, 5]})  # the batch once, the next event after it
+    assert len(client.lrange(keys.dead, 0, -1)) == 1  # its dead letter written at the late ack, once
+    assert _rows(settings.db, "SELECT last_batch_id FROM ingest_state") == [(batch_id + 1,)]
+
+
+def _produce(
+    client: redis.Redis, settings: Settings, total: int, tasks: int, seconds: float
+) -> dict[str, list[int]]:
+    """RPUSH `total` events without event_uid (only the batch ids keep them from being stored twice),
+    paced over `seconds`; returns what each task was sent, in order."""
+    sent: dict[str, list[int]] = defaultdict(list)
+    queue = QueueKeys(settings.queue).queue
+    started = time.monotonic()
+    chunk = 200
+    for first in range(0, total, chunk):
+        elements = []
+        for i in range(first, min(total, first + chunk)):
+            task = f"task{i % tasks}"
+            elements.append(raw_event(task, i))
+            sent[task].append(i)
+        client.rpush(queue, *elements)
+        time.sleep(max(0.0, started + first / total * seconds - time.monotonic()))
+    return sent
+
+
+def test_a_worker_sigkilled_again_and_again_stores_every_event_once_on_postgresql(
+    pg: PostgresServer,
+    settings: Settings,
+    client: redis.Redis,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    settings = _on(pg, settings, request).model_copy(update={"batch_size": 500})
+    total = 100_000  # sent faster than a worker restarted again and again drains: kills land mid-batch
+    result: dict[str, dict[str, list[int]]] = {}
+    producer = threading.Thread(target=lambda: result.update(sent=_produce(client, settings, total, 30, 3.0)))
+    producer.start()
+    log = tmp_path / "worker.log"
+    rng = random.Random(7)
+    kills = 0
+    while producer.is_alive() or kills < 6:
+        before = _stored(settings.db)
+        worker = start_worker(settings, log=log)
+        # Once it has committed, mid-batch, mid-commit or between commit and ack: wherever it lands.
+        wait_for(lambda: _stored(settings.db) > before or not producer.is_alive(), timeout=30, interval=0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
+        worker.kill()
+        worker.wait(10)
+        kills += 1
+    producer.join()
+    worker = start_worker(settings, log=log)
+    wait_for(lambda: _stored(settings.db) >= total and settled(client, settings), timeout=120, interval=0.2)
+    time.sleep(0.5)  # nothing more arrives later
+    assert _stored(settings.db) == total, log.read_text()[-3000:]
+    _assert_exact(settings.db, result["sent"])
+    assert worker.poll() is None
+
+
+def test_postgresql_stopped_restarted_and_killed_during_ingest_loses_nothing(
+    own_pg: PostgresServer,
+    settings: Settings,
+    client: redis.Redis,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    settings = _on(own_pg, settings, request).model_copy(update={"batch_size": 500})
+    total = 30_000
+    result: dict[str, dict[str, list[int]]] = {}
+    producer = threading.Thread(target=lambda: result.update(sent=_produce(client, settings, total, 20, 8.0)))
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log=log)
+    wait_for(lambda: _stored(settings.db) >= 0, timeout=30)  # the schema made
+    producer.start()
+    time.sleep(1.5)
+    own_pg.stop()  # a fast shutdown: the worker's connection ends under it
+    time.sleep(1.0)
+    own_pg.start()
+    wait_for(lambda: _stored(settings.db) > 0, timeout=30)
+    time.sleep(1.0)
+    own_pg.kill()  # a crash: what was committed comes back from the server's WAL, nothing else
+    time.sleep(1.0)
+    own_pg.start()
+    producer.join()
+    wait_for(lambda: _stored(settings.db) >= total and settled(client, settings), timeout=120, interval=0.2)
+    time.sleep(0.5)
+    assert _stored(settings.db) == total, log.read_text()[-3000:]
+    _assert_exact(settings.db, result["sent"])
+    assert worker.poll() is None, log.read_text()[-3000:]
+    assert "takes writes again" in log.read_text() or "cannot write the store" in log.read_text()
+
+
+def test_commands_that_read_sqlite_only_refuse_a_postgresql_store(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from taskevents.cli import main
+
+    url = "postgresql://taskevents@127.0.0.1:1/none"
+    for args in (["api", "--db", url], ["archive", "--db", url, "--list"], ["jobs", "--db", url]):
+        answer = CliRunner().invoke(main, args)
+        assert answer.exit_code == 2, (args, answer.output)
+        assert "reads SQLite stores only so far" in answer.output, answer.output
+
+
+def test_a_postgresql_url_without_a_database_is_refused() -> None:
+    with pytest.raises(ValueError, match="database name"):
+        Settings(db="postgresql://taskevents@127.0.0.1:5")
+    assert Settings(db="postgresql://u@h/events").postgres
+    assert not Settings(db="events.db").postgres
