@@ -114,3 +114,21 @@ def test_retention_bench_quick_archives_shrinks_the_store_and_measures_ingest(tm
     )
     assert storage["file_bytes_reclaimed"] < storage["file_bytes_before"] / 2
     assert "| ingest while archiving / alone |" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.redis_server
+@pytest.mark.postgres
+def test_pg_ingest_bench_quick_stores_every_event_on_both_stores_and_counts_each_part(tmp_path: Path) -> None:
+    output = tmp_path / "pg.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "pg_ingest_bench.py"), "--quick", "--output", str(output)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = orjson.loads(output.read_bytes())
+    sqlite, pg = results["sqlite"]["median"], results["postgresql"]["median"]
+    assert sqlite["events_per_s"] > 0 and pg["events_per_s"] > 0
+    assert pg["postgres_us"] > 0 and sqlite["postgres_us"] < pg["postgres_us"] / 10  # its server's CPU
+    assert sqlite["redis_us"] > 0 and pg["worker_us"] > 0
+    assert "PostgreSQL / SQLite throughput" in done.stdout

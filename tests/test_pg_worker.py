@@ -8,6 +8,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ from taskevents.ingest.worker import Worker
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 from tests.helpers import start_worker, wait_for
-from tests.test_recovery import commit_then_die
 from tests.pgserver import PostgresServer
 from tests.reliability_write_helpers import raw_event, settled
+from tests.test_recovery import commit_then_die
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis_server]
 
@@ -62,6 +63,10 @@ def _stored(url: str) -> int:
         return int(_rows(url, "SELECT count(*) FROM task_events")[0][0])
     except psycopg.Error:  # the server restarting, the schema not made yet
         return -1
+
+
+def _committed_since(url: str, before: int, producer: threading.Thread) -> bool:
+    return _stored(url) > before or not producer.is_alive()
 
 
 def _assert_exact(url: str, expected: dict[str, list[int]]) -> None:
@@ -159,10 +164,11 @@ def test_a_worker_sigkilled_again_and_again_stores_every_event_once_on_postgresq
     rng = random.Random(7)
     kills = 0
     while producer.is_alive() or kills < 6:
-        before = _stored(settings.db)
         worker = start_worker(settings, log=log)
         # Once it has committed, mid-batch, mid-commit or between commit and ack: wherever it lands.
-        wait_for(lambda: _stored(settings.db) > before or not producer.is_alive(), timeout=30, interval=0.01)
+        wait_for(
+            partial(_committed_since, settings.db, _stored(settings.db), producer), timeout=30, interval=0.01
+        )
         time.sleep(rng.uniform(0.0, 0.3))
         worker.kill()
         worker.wait(10)
