@@ -15,6 +15,7 @@ from taskevents.cli import env_help, settings_options, sqlite_only
 from taskevents.ingest.deadletters import DeadLetters
 from taskevents.ingest.localredis import answers, find_redis_server, server_command
 from taskevents.ingest.worker import Worker
+from taskevents.ingest.writer import PartitionsChanged
 from taskevents.keys import QueueKeys
 from taskevents.messages import Heartbeat
 from taskevents.settings import Settings
@@ -28,6 +29,8 @@ log = logging.getLogger("taskevents.cli")
         "redis_url",
         "db",
         "queue",
+        "partitions",
+        "partition",
         "batch_size",
         "max_payload_bytes",
         "sqlite_synchronous",
@@ -43,8 +46,13 @@ log = logging.getLogger("taskevents.cli")
     is_flag=True,
     help="Exit 0 if the queue's worker is alive and can write the store, 1 if not (health check).",
 )
+@click.option(
+    "--partition",
+    type=click.IntRange(min=0),
+    help="The queue partition to consume, 0 to TASKEVENTS_PARTITIONS - 1 (overrides TASKEVENTS_PARTITION).",
+)
 @settings_options
-def ingest_command(settings: Settings, check: bool) -> None:
+def ingest_command(settings: Settings, check: bool, partition: int | None) -> None:
     """Run the ingest worker: the one consumer of the queue, the one writer of the store.
 
     One worker per queue and store is enforced: a second one started on the same queue waits as a hot
@@ -54,18 +62,26 @@ def ingest_command(settings: Settings, check: bool) -> None:
     lease up, exit 0. A second signal exits at once; the batch in hand is taken up again at the next
     start.
     """
+    if partition is not None:
+        try:
+            settings = Settings(**{**settings.model_dump(), "partition": partition})
+        except ValueError as exc:
+            raise click.UsageError(f"bad settings: {exc}") from None
     if check:
         sys.exit(_check(settings))
     worker = Worker(settings)
     worker.install_signal_handlers()
-    worker.run()
+    try:
+        worker.run()
+    except PartitionsChanged as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _check(settings: Settings) -> int:
     """The health check: a fresh heartbeat without a store error (the active worker's)."""
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
     try:
-        beat = client.get(QueueKeys(settings.queue).heartbeat)
+        beat = client.get(QueueKeys(settings.partition_queue).heartbeat)
     except redis.RedisError as exc:
         click.echo(f"unhealthy: Redis unreachable ({exc})", err=True)
         return 1
@@ -84,7 +100,7 @@ def _check(settings: Settings) -> int:
     return 0
 
 
-@click.group("dead-letters", epilog=env_help("redis_url", "queue"))
+@click.group("dead-letters", epilog=env_help("redis_url", "queue", "partitions", "partition"))
 def dead_letters_command() -> None:
     """Inspect, count and replay the events the worker set aside (`<queue>:dead`)."""
 
@@ -124,7 +140,7 @@ def dead_list(settings: Settings, limit: int, start: int, as_json: bool) -> None
 def dead_replay(settings: Settings, code: str | None, limit: int | None) -> None:
     """Push dead letters back onto the queue, as they first arrived, for the worker to try again."""
     moved = _dead_letters(settings).replay(code=code, limit=limit)
-    click.echo(f"replayed {moved} dead letters onto {settings.queue}")
+    click.echo(f"replayed {moved} dead letters onto {settings.partition_queue}")
 
 
 @dead_letters_command.command("purge")
@@ -136,7 +152,7 @@ def dead_purge(settings: Settings) -> None:
 
 
 def _dead_letters(settings: Settings) -> DeadLetters:
-    return DeadLetters(redis.Redis.from_url(settings.redis_url), QueueKeys(settings.queue))
+    return DeadLetters(redis.Redis.from_url(settings.redis_url), QueueKeys(settings.partition_queue))
 
 
 @click.command("redis", epilog=env_help("redis_url", "redis_dir"))

@@ -20,7 +20,7 @@ import psycopg
 
 from taskevents.clock import format_ms
 from taskevents.ingest.plan import SpanChange, TaskChange, cached_latest, plan, span_rows, span_upsert_set
-from taskevents.ingest.writer import CommitResult, DeadMark, Decoded, StoreFenced
+from taskevents.ingest.writer import CommitResult, DeadMark, Decoded, PartitionsChanged, StoreFenced
 
 _INSERT_EVENTS = """
 INSERT INTO task_events (task_id, seq, event_type, phase, actor, span_id, parent_span_id,
@@ -65,9 +65,12 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 class PgStoreWriter:
     """Owns the partition's read-write connection; `commit` is the only way its events get stored."""
 
-    def __init__(self, conn: psycopg.Connection, *, part: int = 0, seq_cache_size: int = 100_000) -> None:
+    def __init__(
+        self, conn: psycopg.Connection, *, part: int = 0, partitions: int = 1, seq_cache_size: int = 100_000
+    ) -> None:
         self._conn = conn
         self.part = part
+        self.partitions = partitions
         self._latest: dict[str, int] = {}  # task_id -> latest committed seq (bounded, refilled)
         self._cache_size = seq_cache_size
         self.epoch: int | None = None
@@ -86,8 +89,18 @@ class PgStoreWriter:
 
     def take_over(self) -> int:
         """Become the partition's writer: bump its epoch (refusing every later commit of an earlier
-        writer) and reload what it has committed. Returns the epoch."""
+        writer) and reload what it has committed. Returns the epoch. Raises PartitionsChanged if the
+        store's queue was partitioned otherwise (the first worker records the count)."""
         with self._conn.transaction():
+            self._conn.execute(
+                "INSERT INTO deployment (partitions) VALUES (%s) ON CONFLICT DO NOTHING", (self.partitions,)
+            )
+            recorded = self._conn.execute("SELECT partitions FROM deployment").fetchone()
+            if recorded is not None and int(recorded[0]) != self.partitions:
+                raise PartitionsChanged(
+                    f"the store's queue has {recorded[0]} partitions and this worker was given "
+                    f"{self.partitions} (TASKEVENTS_PARTITIONS): docs/scaling.md says how to change it"
+                )
             row = self._conn.execute(
                 "UPDATE ingest_state SET writer_epoch = writer_epoch + 1 WHERE part = %s"
                 " RETURNING writer_epoch, last_batch_id, last_batch",

@@ -28,7 +28,7 @@ def open_store_writer(settings: Settings, archive: TaskArchive) -> BatchWriter:
 
         pg = open_pg_writer(settings.db)
         try:
-            return PgStoreWriter(pg)
+            return PgStoreWriter(pg, part=settings.partition, partitions=settings.partitions)
         except BaseException:
             pg.close()
             raise

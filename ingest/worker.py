@@ -163,7 +163,8 @@ class Worker:
             socket_connect_timeout=5,
             health_check_interval=30,
         )
-        keys = QueueKeys(settings.queue)
+        self.name = settings.partition_queue  # the list it consumes: the queue, or one partition's
+        keys = QueueKeys(self.name)
         self.lease = Lease(self._redis, keys, int(settings.heartbeat_ttl * 1000))
         self.queue = WorkQueue(self._redis, keys, self.lease)
         self._keep = max_element_bytes(settings.max_payload_bytes)
@@ -233,7 +234,7 @@ class Worker:
     def run(self) -> None:
         """Stand by until the lease is free, then consume until a warm stop; stand by again if the
         lease is lost or the store taken over by another writer."""
-        log.info("worker %s for %s into %s", self.lease.identity, self.settings.queue, self.settings.db)
+        log.info("worker %s for %s into %s", self.lease.identity, self.name, self.settings.db)
         try:
             while self._stand_by():
                 try:
@@ -243,10 +244,10 @@ class Worker:
                     # another queue or Redis pointed at the same file. Let go, so a standby can try.
                     log.error("%s while this worker held the lease on %s: is another queue or Redis "
                               "writing to %s? Standing by",
-                              exc, self.settings.queue, self.settings.db)  # fmt: skip
+                              exc, self.name, self.settings.db)  # fmt: skip
                     self._end_term(forgive=True)
                 except LeaseLost as exc:
-                    log.error("no longer the writer of %s (%s): standing by", self.settings.queue, exc)
+                    log.error("no longer the writer of %s (%s): standing by", self.name, exc)
                     self._end_term(forgive=False)
                 else:  # a warm stop: what it leaves in flight did not crash it
                     self._end_term(forgive=True)
@@ -290,7 +291,7 @@ class Worker:
 
     def _acquire(self) -> None:
         if not self.lease.held and not self._retry(self.lease.try_acquire):
-            raise LeaseHeld(f"another worker consumes {self.settings.queue} ({self.lease.describe_holder()})")
+            raise LeaseHeld(f"another worker consumes {self.name} ({self.lease.describe_holder()})")
 
     def _stand_by(self) -> bool:
         """Wait for the lease; True once this worker holds it, False after a warm stop."""
@@ -303,17 +304,17 @@ class Worker:
                 if self.lease.try_acquire():
                     self.lease.withdraw_standby()
                     if waiting:
-                        log.warning("took the lease on %s: now the writer", self.settings.queue)
+                        log.warning("took the lease on %s: now the writer", self.name)
                     return True
                 self.lease.announce_standby()
                 if not waiting:
                     log.warning("another worker consumes %s (%s): standing by to take over when its lease "
-                                "is free", self.settings.queue, self.lease.describe_holder())  # fmt: skip
+                                "is free", self.name, self.lease.describe_holder())  # fmt: skip
                 waiting, failing = True, ""
             except redis.RedisError as exc:
                 if str(exc) != failing:
                     log.warning("cannot take the lease on %s (%s: %s); retrying",
-                                self.settings.queue, type(exc).__name__, exc)  # fmt: skip
+                                self.name, type(exc).__name__, exc)  # fmt: skip
                 failing = str(exc)
             self._stop.wait(min(STANDBY_POLL, self.settings.heartbeat_ttl / 4))
         return False

@@ -91,6 +91,11 @@ class StoreFenced(LeaseLost):
     """Another worker has taken the store over since this one did: its commit was refused."""
 
 
+class PartitionsChanged(Exception):
+    """The store records another partition count than this worker's: its tasks' events would be
+    routed to other partitions than before, and two workers could write one task."""
+
+
 class BatchWriter(Protocol):
     """What the worker needs of a store's writer, SQLite's (StoreWriter) or PostgreSQL's
     (ingest/pgwriter.py): become the one writer, commit batches by id, remember the last one."""

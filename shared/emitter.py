@@ -24,6 +24,7 @@ from ulid import ULID
 
 from taskevents.clock import format_ms
 from taskevents.event import BadEvent, WireEvent, describe, encode_payload
+from taskevents.keys import partition_of, partition_queue
 from taskevents.settings import ProducerSettings, build
 
 log = logging.getLogger("taskevents.emitter")
@@ -49,6 +50,7 @@ class Emitter:
         redis_url: str | None = None,
         *,
         queue: str | None = None,
+        partitions: int | None = None,
         buffer_size: int | None = None,
         max_payload_bytes: int | None = None,
         flush_timeout: float | None = None,
@@ -61,6 +63,7 @@ class Emitter:
             {"emitter_buffer": "buffer_size"},
             redis_url=redis_url,
             queue=queue,
+            partitions=partitions,
             emitter_buffer=buffer_size,
             max_payload_bytes=max_payload_bytes,
             flush_timeout=flush_timeout,
@@ -69,6 +72,8 @@ class Emitter:
             raise ValueError(f"chunk_size: must be at least 1, got {chunk_size!r}")
         self.redis_url = settings.redis_url
         self.queue = settings.queue
+        self.partitions = settings.partitions
+        self._lists = [partition_queue(self.queue, p, self.partitions) for p in range(self.partitions)]
         self.buffer_size = settings.emitter_buffer
         self.max_payload_bytes = settings.max_payload_bytes
         self.flush_timeout = settings.flush_timeout
@@ -83,6 +88,7 @@ class Emitter:
         return cls(
             settings.redis_url,
             queue=settings.queue,
+            partitions=settings.partitions,
             buffer_size=settings.emitter_buffer,
             max_payload_bytes=settings.max_payload_bytes,
             flush_timeout=settings.flush_timeout,
@@ -94,7 +100,7 @@ class Emitter:
         self._sent = threading.Condition(self._lock)  # notified whenever the buffer drains a chunk
         self._wake = threading.Event()  # set by emit(): there is something to send
         self._closing = threading.Event()  # set by close(): stop retrying
-        self._buffer: deque[tuple[int, str | None, bytes]] = deque()
+        self._buffer: deque[tuple[int, str | None, bytes, str]] = deque()  # (…, the list it goes to)
         self._inflight = 0
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -146,7 +152,8 @@ class Emitter:
                 "payload": orjson.Fragment(payload_json),
             }
         )
-        item = (time.time_ns(), event_uid, body)
+        target = self._lists[partition_of(task_id, self.partitions)] if self.partitions > 1 else self.queue
+        item = (time.time_ns(), event_uid, body, target)
         with self._lock:
             if self._closed:  # e.g. a runner thread still emitting during interpreter exit
                 self.dropped += 1
@@ -209,7 +216,7 @@ class Emitter:
     def _run(self) -> None:
         backoff = ExponentialWithJitterBackoff(cap=5.0, base=0.05)
         failures = 0
-        frames: list[bytes] = []
+        frames: list[tuple[str, bytes]] = []
         while True:
             if not frames:
                 with self._lock:
@@ -229,13 +236,13 @@ class Emitter:
                     self._wake.wait()
                     continue
                 # The id is made once, here, so a retried push carries the same event_uid.
-                frames = [_frame(*item) for item in chunk]
+                frames = [(item[3], _frame(item[0], item[1], item[2])) for item in chunk]
             try:
                 if self._client is None:
                     self._client = redis.Redis.from_url(
                         self.redis_url, socket_timeout=5, socket_connect_timeout=2
                     )
-                self._client.rpush(self.queue, *frames)
+                _push(self._client, frames)
             except Exception as exc:
                 # Redis unreachable, full or restarting: expected, retried. Anything else is a bug or a
                 # broken client: logged with its traceback and retried on a new client, so the sender
@@ -269,6 +276,23 @@ class Emitter:
 
     def _after_fork_in_child(self) -> None:
         self._reset()
+
+
+def _push(client: redis.Redis, frames: list[tuple[str, bytes]]) -> None:
+    """One RPUSH per list, in one round trip; each list keeps the order of its events. A retry after
+    a failure part-way pushes them all again: every frame carries its event_uid, so the worker stores
+    the ones already there once."""
+    lists: dict[str, list[bytes]] = {}
+    for target, frame in frames:
+        lists.setdefault(target, []).append(frame)
+    if len(lists) == 1:
+        ((target, items),) = lists.items()
+        client.rpush(target, *items)
+        return
+    with client.pipeline(transaction=False) as pipe:
+        for target, items in lists.items():
+            pipe.rpush(target, *items)
+        pipe.execute()
 
 
 def _frame(emitted_ns: int, event_uid: str | None, body: bytes) -> bytes:

@@ -1,9 +1,27 @@
 """Every Redis key and channel the project uses, derived from the queue name in one place."""
 
+import zlib
 from dataclasses import dataclass
 
 # Batches in flight at once: one being committed while the next is claimed and validated.
 SLOTS = 2
+
+
+def partition_of(task_id: str, partitions: int) -> int:
+    """The partition a task's events go to: CRC-32 (IEEE 802.3, zlib's and most languages' crc32)
+    of the task id's UTF-8 bytes, modulo the partition count. Stable: every producer, in any
+    language, sends a task's events to one partition, so one worker assigns its seq."""
+    return zlib.crc32(task_id.encode("utf-8")) % partitions
+
+
+def partition_queue(queue: str, partition: int, partitions: int) -> str:
+    """The list of one partition. One partition: the queue's own name (the keys of an unpartitioned
+    deployment). More: `{<queue>:<partition>}`, braces included: Redis Cluster hashes only what is
+    inside them, so the list and every key derived from it (QueueKeys) share one slot, and the
+    worker's claim and ack scripts, which touch several of them, run on a cluster."""
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition {partition} of {partitions}: must be 0 to {partitions - 1}")
+    return queue if partitions == 1 else f"{{{queue}:{partition}}}"
 
 
 @dataclass(frozen=True, slots=True)

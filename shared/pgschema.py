@@ -109,6 +109,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE TABLE task_restores (task_id text PRIMARY KEY, restored_at text NOT NULL);
     CREATE TABLE archive_pending (task_id text PRIMARY KEY, last_seq bigint NOT NULL);
     """,
+    # The queue's partition count, recorded by the first worker: fixed for the deployment, since a
+    # task's partition (crc32(task_id) % N) must not change while its events are in flight.
+    """
+    CREATE TABLE deployment (
+        singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        partitions integer NOT NULL CHECK (partitions >= 1)
+    );
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

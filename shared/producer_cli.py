@@ -13,10 +13,17 @@ from taskevents.emitter import Emitter
 from taskevents.event import PHASES
 from taskevents.settings import Settings
 
-
-@click.command(
-    "emit", epilog=env_help("redis_url", "queue", "max_payload_bytes", "emitter_buffer", "flush_timeout")
+_PRODUCER_SETTINGS = (
+    "redis_url",
+    "queue",
+    "partitions",
+    "max_payload_bytes",
+    "emitter_buffer",
+    "flush_timeout",
 )
+
+
+@click.command("emit", epilog=env_help(*_PRODUCER_SETTINGS))
 @click.argument("task_id")
 @click.argument("event_type")
 @click.option("--span-id", required=True, help="Span the event belongs to.")
@@ -63,9 +70,7 @@ def emit_command(
         sys.exit(1)
 
 
-@click.command(
-    "simulate", epilog=env_help("redis_url", "queue", "max_payload_bytes", "emitter_buffer", "flush_timeout")
-)
+@click.command("simulate", epilog=env_help(*_PRODUCER_SETTINGS))
 @click.option("--tasks", default=20, show_default=True, help="How many runs to simulate.")
 @click.option("--concurrency", default=5, show_default=True, help="Runs in progress at once.")
 @click.option(

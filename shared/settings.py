@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.connection import parse_url
+
+from taskevents.keys import partition_queue
 
 ENV_PREFIX = "TASKEVENTS_"
 
@@ -70,6 +72,13 @@ class ProducerSettings(BaseSettings):
 
     redis_url: str = Field("redis://localhost:6379/0", description="Redis holding the queue.")
     queue: str = Field("taskevents:events", min_length=1, description="Redis list the producers push to.")
+    partitions: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="Partitions of the queue, fixed for a deployment: a task's events go to partition "
+        "crc32(task_id) % N, list `{<queue>:<P>}` (one partition: the queue itself).",
+    )
     max_payload_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest payload accepted, as serialized JSON bytes."
     )
@@ -132,21 +141,6 @@ class Settings(ProducerSettings, ApiClientSettings):
         description="The store: a SQLite file (the embedded default) or a `postgresql://` URL "
         "(the worker's store so far; docs/scaling.md).",
     )
-
-    @property
-    def postgres(self) -> bool:
-        """The store is PostgreSQL (TASKEVENTS_DB is a `postgresql://` URL)."""
-        return is_postgres_url(str(self.db))
-
-    @property
-    def sqlite_path(self) -> Path:
-        """The SQLite file of the store; StoreKindError when the store is PostgreSQL."""
-        if self.postgres:
-            raise StoreKindError(
-                "TASKEVENTS_DB is a PostgreSQL URL, and this part of taskevents reads SQLite stores only "
-                "so far (docs/scaling.md says what runs on PostgreSQL)"
-            )
-        return Path(self.db)
 
     batch_size: int = Field(
         5000, ge=1, le=20_000, description="Most events the worker commits in one transaction."
@@ -222,10 +216,46 @@ class Settings(ProducerSettings, ApiClientSettings):
     dead_retention: Duration = Field(
         _text("7d"), description="Dead letters older than this are moved to a file in the archive directory."
     )
+    partition: int = Field(
+        0, ge=0, description="The queue partition a worker consumes (`taskevents ingest --partition`)."
+    )
     # Local runs only.
     redis_dir: Path = Field(
         Path("data/redis"), description="Where `taskevents redis` keeps its append-only file."
     )
+
+    @model_validator(mode="after")
+    def _one_writer_per_file(self) -> "Settings":
+        if self.partitions > 1 and not self.postgres:
+            raise ValueError(
+                f"{self.partitions} partitions need a PostgreSQL store (TASKEVENTS_DB=postgresql://…): "
+                "a SQLite file has one writer, so its queue has one partition"
+            )
+        if self.partition >= self.partitions:
+            raise ValueError(
+                f"partition {self.partition} of {self.partitions}: must be 0 to {self.partitions - 1}"
+            )
+        return self
+
+    @property
+    def postgres(self) -> bool:
+        """The store is PostgreSQL (TASKEVENTS_DB is a `postgresql://` URL)."""
+        return is_postgres_url(str(self.db))
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file of the store; StoreKindError when the store is PostgreSQL."""
+        if self.postgres:
+            raise StoreKindError(
+                "TASKEVENTS_DB is a PostgreSQL URL, and this part of taskevents reads SQLite stores only "
+                "so far (docs/scaling.md says what runs on PostgreSQL)"
+            )
+        return Path(self.db)
+
+    @property
+    def partition_queue(self) -> str:
+        """The Redis list of this worker's partition (the queue itself with one partition)."""
+        return partition_queue(self.queue, self.partition, self.partitions)
 
 
 def settings_error(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:

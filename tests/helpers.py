@@ -19,10 +19,12 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         TASKEVENTS_REDIS_URL=settings.redis_url,
         TASKEVENTS_DB=str(settings.db),
         TASKEVENTS_QUEUE=settings.queue,
+        TASKEVENTS_PARTITIONS=str(settings.partitions),
+        TASKEVENTS_PARTITION=str(settings.partition),
         TASKEVENTS_BATCH_SIZE=str(settings.batch_size),
         TASKEVENTS_ARCHIVE_DIR=str(settings.archive_dir),
-        **extra,
     )
+    env.update(extra)
     return env
 
 

@@ -119,7 +119,7 @@ def test_retention_bench_quick_archives_shrinks_the_store_and_measures_ingest(tm
 @pytest.mark.slow
 @pytest.mark.redis_server
 @pytest.mark.postgres
-def test_pg_ingest_bench_quick_stores_every_event_on_both_stores_and_counts_each_part(tmp_path: Path) -> None:
+def test_pg_ingest_bench_quick_stores_every_event_partitioned_and_counts_each_part(tmp_path: Path) -> None:
     output = tmp_path / "pg.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "pg_ingest_bench.py"), "--quick", "--output", str(output)],
@@ -127,8 +127,9 @@ def test_pg_ingest_bench_quick_stores_every_event_on_both_stores_and_counts_each
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results = orjson.loads(output.read_bytes())
-    sqlite, pg = results["sqlite"]["median"], results["postgresql"]["median"]
-    assert sqlite["events_per_s"] > 0 and pg["events_per_s"] > 0
+    assert results["configs"] == ["sqlite", "postgresql-1", "postgresql-2"]
+    sqlite, pg, two = (results[c]["median"] for c in results["configs"])
+    assert sqlite["events_per_s"] > 0 and pg["events_per_s"] > 0 and two["events_per_s"] > 0
     assert pg["postgres_us"] > 0 and sqlite["postgres_us"] < pg["postgres_us"] / 10  # its server's CPU
-    assert sqlite["redis_us"] > 0 and pg["worker_us"] > 0
-    assert "PostgreSQL / SQLite throughput" in done.stdout
+    assert sqlite["redis_us"] > 0 and pg["worker_us"] > 0 and two["worker_us"] > 0
+    assert "| PostgreSQL, 2 |" in done.stdout

@@ -209,7 +209,7 @@ def test_a_forked_child_gets_a_working_emitter_of_its_own(settings: Settings, cl
         {"task_id": "parent", "event_type": "runner_heartbeat", "span_id": "p", "actor": "runner"}
     )
     with emitter._lock:
-        emitter._buffer.append((time.time_ns(), None, body))
+        emitter._buffer.append((time.time_ns(), None, body, emitter.queue))
         pid = os.fork()
         if pid == 0:  # child: emit, flush, and leave without the parent's atexit hooks
             code = 1

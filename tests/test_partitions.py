@@ -1,0 +1,201 @@
+"""The queue partitioned by task (TASKEVENTS_PARTITIONS): the routing every producer must follow, the
+emitter's, the settings that refuse a partitioned SQLite store; then, on a PostgreSQL server and a
+redis-server the suite starts itself, one worker per partition, SIGKILLed again and again while all
+partitions drain, a second worker for a held partition, and a changed partition count refused."""
+
+import random
+import subprocess
+import sys
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import orjson
+import psycopg
+import pytest
+import redis
+
+from taskevents import Emitter
+from taskevents.keys import QueueKeys, partition_of, partition_queue
+from taskevents.settings import Settings
+from tests.helpers import start_worker, wait_for, worker_env
+from tests.pgserver import PostgresServer
+from tests.reliability_write_helpers import raw_event
+
+
+def test_a_task_goes_to_crc32_of_its_id_modulo_the_count() -> None:
+    # What a runner in another language computes: CRC-32 (IEEE) of the UTF-8 task id, modulo N.
+    assert zlib.crc32(b"task-1") == 3386884591
+    assert partition_of("task-1", 4) == 3386884591 % 4 == 3
+    assert partition_of("\u00e9", 4) == zlib.crc32("\u00e9".encode()) % 4
+    assert {partition_of(f"t{i}", 1) for i in range(100)} == {0}
+    counts: dict[int, int] = defaultdict(int)
+    for i in range(10_000):
+        counts[partition_of(f"run-{i}", 4)] += 1
+    assert all(2_200 < n < 2_800 for n in counts.values()), counts  # spread evenly
+
+
+def test_partition_lists_share_a_hash_tag_and_one_partition_keeps_todays_names() -> None:
+    assert partition_queue("taskevents:events", 0, 1) == "taskevents:events"
+    name = partition_queue("taskevents:events", 2, 4)
+    assert name == "{taskevents:events:2}"
+    keys = QueueKeys(name)
+    for key in (
+        keys.queue,
+        keys.processing(0),
+        keys.processing_batch(1),
+        keys.lease,
+        keys.dead,
+        keys.heartbeat,
+    ):
+        assert key.startswith("{taskevents:events:2}")  # Redis Cluster hashes only the braces' content
+    with pytest.raises(ValueError, match="0 to 3"):
+        partition_queue("q", 4, 4)
+
+
+def test_the_emitter_routes_each_task_to_its_partition_in_order() -> None:
+    client = fakeredis.FakeRedis()
+    emitter = Emitter(queue="q", partitions=3, client=client)
+    tasks = [f"task{i}" for i in range(12)]
+    for i in range(300):
+        emitter.emit(tasks[i % 12], "work_item_progress", span_id="s", actor="a", payload={"i": i})
+    assert emitter.close(5)
+    seen: dict[str, list[int]] = defaultdict(list)
+    for p in range(3):
+        for raw in client.lrange(partition_queue("q", p, 3), 0, -1):
+            event = orjson.loads(raw)
+            assert partition_of(event["task_id"], 3) == p
+            seen[event["task_id"]].append(event["payload"]["i"])
+    assert client.llen("q") == 0
+    assert {t: seen[t] for t in tasks} == {t: list(range(n, 300, 12)) for n, t in enumerate(tasks)}
+
+
+def test_more_than_one_partition_needs_postgresql() -> None:
+    with pytest.raises(ValueError, match="a SQLite file has one writer"):
+        Settings(db="events.db", partitions=2)
+    with pytest.raises(ValueError, match="partition 2 of 2"):
+        Settings(db="postgresql://u@h/events", partitions=2, partition=2)
+    settings = Settings(db="postgresql://u@h/events", queue="q", partitions=2, partition=1)
+    assert settings.partition_queue == "{q:1}"
+
+
+# --- on real servers --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _partitioned(pg: PostgresServer, settings: Settings, name: str, partitions: int) -> Settings:
+    return settings.model_copy(update={"db": pg.database(name), "partitions": partitions, "batch_size": 500})
+
+
+def _of(settings: Settings, partition: int) -> Settings:
+    return settings.model_copy(update={"partition": partition})
+
+
+def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _stored(url: str) -> int:
+    try:
+        return int(_rows(url, "SELECT count(*) FROM task_events")[0][0])
+    except psycopg.Error:
+        return -1
+
+
+def _settled(client: redis.Redis, settings: Settings) -> bool:
+    for p in range(settings.partitions):
+        keys = QueueKeys(_of(settings, p).partition_queue)
+        if client.llen(keys.queue) or client.exists(*keys.processing_keys, keys.suspects):
+            return False
+    return True
+
+
+@pytest.mark.postgres
+@pytest.mark.redis_server
+def test_one_worker_per_partition_sigkilled_again_and_again_stores_every_event_once(
+    pg: PostgresServer, settings: Settings, client: redis.Redis, tmp_path: Path
+) -> None:
+    settings = _partitioned(pg, settings, "parts_kill", 3)
+    total, tasks = 60_000, 30
+    sent: dict[str, list[int]] = defaultdict(list)
+    lists = [_of(settings, p).partition_queue for p in range(3)]
+    elements: list[list[bytes]] = [[] for _ in range(3)]
+    for i in range(total):
+        task = f"task{i % tasks}"
+        elements[partition_of(task, 3)].append(raw_event(task, i))  # no event_uid: batch ids alone
+        sent[task].append(i)
+    for p in range(3):
+        for first in range(0, len(elements[p]), 5_000):
+            client.rpush(lists[p], *elements[p][first : first + 5_000])
+    log = tmp_path / "workers.log"
+    workers = [start_worker(_of(settings, p), log=log) for p in range(3)]
+    rng = random.Random(11)
+    for _ in range(9):  # each partition's worker killed three times while all three drain
+        time.sleep(rng.uniform(0.2, 0.6))
+        p = rng.randrange(3)
+        workers[p].kill()
+        workers[p].wait(10)
+        workers[p] = start_worker(_of(settings, p), log=log)
+    wait_for(lambda: _stored(settings.db) >= total and _settled(client, settings), timeout=180, interval=0.2)
+    time.sleep(0.5)
+    assert _stored(settings.db) == total, log.read_text()[-3000:]
+    by_task: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for task_id, seq, payload in _rows(settings.db, "SELECT task_id, seq, payload FROM task_events"):
+        by_task[task_id].append((seq, orjson.loads(payload)["i"]))
+    for task_id, rows in by_task.items():
+        rows.sort()
+        assert [seq for seq, _ in rows] == list(range(1, len(rows) + 1)), task_id
+        assert [i for _, i in rows] == sent[task_id], task_id  # the order it was sent
+    parts = _rows(settings.db, "SELECT part, last_batch_id > 0 FROM ingest_state ORDER BY part")
+    assert parts == [(0, True), (1, True), (2, True)]  # each partition its own batch ids
+    assert all(w.poll() is None for w in workers)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis_server
+def test_a_second_worker_for_a_held_partition_stands_by_and_a_changed_count_is_refused(
+    pg: PostgresServer, settings: Settings, client: redis.Redis, tmp_path: Path
+) -> None:
+    settings = _partitioned(pg, settings, "parts_held", 2)
+    first = start_worker(_of(settings, 1))
+    keys = QueueKeys(_of(settings, 1).partition_queue)
+    wait_for(lambda: client.exists(keys.heartbeat), timeout=30)
+    holder = orjson.loads(client.get(keys.heartbeat) or b"{}")["pid"]
+    second = start_worker(_of(settings, 1))
+    wait_for(lambda: client.zcard(keys.standbys) == 1, timeout=30)  # it waits, it does not write
+    client.rpush(keys.queue, raw_event("b", 0))
+    wait_for(lambda: _stored(settings.db) == 1, timeout=30)
+    assert orjson.loads(client.get(keys.heartbeat) or b"{}")["pid"] == holder == first.pid
+    first.kill()  # the standby takes the partition over once the lease lapses
+    wait_for(lambda: orjson.loads(client.get(keys.heartbeat) or b"{}").get("pid") == second.pid, timeout=60)
+    # The store was made for 2 partitions: a worker given 3 refuses to run, saying why.
+    done = subprocess.run(
+        [sys.executable, "-m", "taskevents.ingest", "--partition", "0"],
+        env=worker_env(settings, TASKEVENTS_PARTITIONS="3"), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "has 2 partitions and this worker was given 3" in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.redis_server
+def test_a_worker_refuses_partitions_on_sqlite(settings: Settings) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "taskevents.ingest"],
+        env=worker_env(settings, TASKEVENTS_PARTITIONS="2"), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "a SQLite file has one writer" in done.stderr
