@@ -53,15 +53,23 @@ from tests.pgserver import PostgresServer  # noqa: E402
 QUEUE = "bench:pg"
 
 
-def _cpu(procs: list[psutil.Process]) -> float:
-    total = 0.0
+def _cpu(procs: list[psutil.Process]) -> dict[int, float]:
+    """User + system CPU seconds of each process still running, by pid."""
+    seconds = {}
     for proc in procs:
         try:
             times = proc.cpu_times()
         except psutil.NoSuchProcess:
-            continue  # a backend that ended: its time is lost, which only flatters PostgreSQL a little
-        total += times.user + times.system
-    return total
+            continue
+        seconds[proc.pid] = times.user + times.system
+    return seconds
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two samples by the processes of the second (one that started in
+    between counts from zero; one that ended in between is left out: an idle backend of an earlier
+    run, whose time is not this run's)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def _pg_procs(server: PostgresServer) -> list[psutil.Process]:
@@ -125,7 +133,7 @@ def one(config: str, rep: int, server: RedisServer, redis_proc: psutil.Process, 
         n = len(frames)
         _wait(lambda: _ingested(client, lists) >= n, 600, "every event stored")
         seconds = time.perf_counter() - started
-        after = (_cpu(procs), _cpu([redis_proc]), _cpu(_pg_procs(pg) if store != "sqlite" else pg_procs))
+        after = (_cpu(procs), _cpu([redis_proc]), _cpu(_pg_procs(pg)))
     finally:
         for w in workers:
             w.terminate()
@@ -134,7 +142,7 @@ def one(config: str, rep: int, server: RedisServer, redis_proc: psutil.Process, 
     if any(client.llen(QueueKeys(name).dead) for name in lists) or _stored(store, db) != n:
         raise RuntimeError(f"{config}: not every event stored once")
     client.close()
-    us = [(a - b) / n * 1e6 for a, b in zip(after, before, strict=True)]
+    us = [_spent(b, a) / n * 1e6 for b, a in zip(before, after, strict=True)]
     row = {"events_per_s": n / seconds, "worker_us": us[0], "redis_us": us[1], "postgres_us": us[2]}
     say(f"{config} rep {rep + 1}: {row['events_per_s']:,.0f} events/s; CPU per event: workers "
         f"{us[0]:.1f} µs, Redis {us[1]:.1f} µs, PostgreSQL {us[2]:.1f} µs")  # fmt: skip

@@ -1,5 +1,6 @@
 """Commands of the worker side: ingest, dead-letters, redis, jobs, archive, restore."""
 
+import importlib.util
 import logging
 import os
 import signal
@@ -69,6 +70,10 @@ def ingest_command(settings: Settings, check: bool, partition: int | None) -> No
             raise click.UsageError(f"bad settings: {exc}") from None
     if check:
         sys.exit(_check(settings))
+    if settings.postgres and importlib.util.find_spec("psycopg") is None:
+        raise click.UsageError(
+            "TASKEVENTS_DB is a PostgreSQL URL: install the driver, pip install 'taskevents[postgres]'"
+        )
     worker = Worker(settings)
     worker.install_signal_handlers()
     try:

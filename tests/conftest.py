@@ -24,7 +24,7 @@ from taskevents.ingest.worker import Worker
 from taskevents.settings import Settings
 from tests.browser import UI_DIR, find_chromium
 from tests.helpers import reap_workers
-from tests.pgserver import find_pg_bin
+from tests.pgserver import ExternalPostgres, PostgresServer, find_pg_bin
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -126,6 +126,23 @@ def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer | ExternalPostgres]:
+    """The session's PostgreSQL, for tests that make a database in it and never stop it: the server
+    at TASKEVENTS_TEST_POSTGRES_URL if set (never dropped: only the tests' own databases are), else
+    one the suite starts (tests/pgserver.py). Tests that stop or kill a server start their own."""
+    url = os.environ.get("TASKEVENTS_TEST_POSTGRES_URL")
+    if url:
+        yield ExternalPostgres(url)
+        return
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

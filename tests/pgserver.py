@@ -70,14 +70,7 @@ class PostgresServer:
         return f"postgresql://taskevents@127.0.0.1:{self.port}/postgres"
 
     def database(self, name: str) -> str:
-        """A new, empty database of that name (dropped first if a run left it); its URL."""
-        import psycopg
-
-        name = "".join(c if c.isalnum() else "_" for c in name)[:60].lower()
-        with psycopg.connect(self.url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{name}"')
-        return self.url.rsplit("/", 1)[0] + "/" + name
+        return make_database(self.url, name)
 
     def _run(self, tool: str, *args: str) -> None:
         subprocess.run([*self._as, str(self.bin / tool), *args], check=True, capture_output=True, timeout=120)
@@ -130,6 +123,29 @@ class PostgresServer:
         except subprocess.SubprocessError:
             self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class ExternalPostgres:
+    """A server the suite does not own (TASKEVENTS_TEST_POSTGRES_URL): tests make their databases in
+    it, and never stop or kill it (those that do start their own)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def database(self, name: str) -> str:
+        return make_database(self.url, name)
+
+
+def make_database(url: str, name: str) -> str:
+    """A new, empty database of that name on the server at `url` (dropped first if a run left it);
+    its URL."""
+    import psycopg
+
+    name = "".join(c if c.isalnum() else "_" for c in name)[:60].lower()
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return url.rsplit("/", 1)[0] + "/" + name
 
 
 def _alive(pid: int) -> bool:

@@ -9,7 +9,6 @@ import sys
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from taskevents import Emitter
 from taskevents.keys import QueueKeys, partition_of, partition_queue
 from taskevents.settings import Settings
 from tests.helpers import start_worker, wait_for, worker_env
-from tests.pgserver import PostgresServer
+from tests.pgserver import ExternalPostgres, PostgresServer
 from tests.reliability_write_helpers import raw_event
 
 
@@ -86,17 +85,14 @@ def test_more_than_one_partition_needs_postgresql() -> None:
 # --- on real servers --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+@pytest.fixture
+def pg(postgres: PostgresServer | ExternalPostgres) -> PostgresServer | ExternalPostgres:
+    return postgres
 
 
-def _partitioned(pg: PostgresServer, settings: Settings, name: str, partitions: int) -> Settings:
+def _partitioned(
+    pg: PostgresServer | ExternalPostgres, settings: Settings, name: str, partitions: int
+) -> Settings:
     return settings.model_copy(update={"db": pg.database(name), "partitions": partitions, "batch_size": 500})
 
 
@@ -127,7 +123,7 @@ def _settled(client: redis.Redis, settings: Settings) -> bool:
 @pytest.mark.postgres
 @pytest.mark.redis_server
 def test_one_worker_per_partition_sigkilled_again_and_again_stores_every_event_once(
-    pg: PostgresServer, settings: Settings, client: redis.Redis, tmp_path: Path
+    pg: PostgresServer | ExternalPostgres, settings: Settings, client: redis.Redis, tmp_path: Path
 ) -> None:
     settings = _partitioned(pg, settings, "parts_kill", 3)
     total, tasks = 60_000, 30
@@ -168,7 +164,7 @@ def test_one_worker_per_partition_sigkilled_again_and_again_stores_every_event_o
 @pytest.mark.postgres
 @pytest.mark.redis_server
 def test_a_second_worker_for_a_held_partition_stands_by_and_a_changed_count_is_refused(
-    pg: PostgresServer, settings: Settings, client: redis.Redis, tmp_path: Path
+    pg: PostgresServer | ExternalPostgres, settings: Settings, client: redis.Redis, tmp_path: Path
 ) -> None:
     settings = _partitioned(pg, settings, "parts_held", 2)
     first = start_worker(_of(settings, 1))

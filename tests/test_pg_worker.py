@@ -21,21 +21,16 @@ from taskevents.ingest.worker import Worker
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 from tests.helpers import start_worker, wait_for
-from tests.pgserver import PostgresServer
+from tests.pgserver import ExternalPostgres, PostgresServer
 from tests.reliability_write_helpers import raw_event, settled
 from tests.test_recovery import commit_then_die
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis_server]
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+@pytest.fixture
+def pg(postgres: PostgresServer | ExternalPostgres) -> PostgresServer | ExternalPostgres:
+    return postgres
 
 
 @pytest.fixture
@@ -49,7 +44,9 @@ def own_pg() -> Iterator[PostgresServer]:
         server.close()
 
 
-def _on(server: PostgresServer, settings: Settings, request: pytest.FixtureRequest) -> Settings:
+def _on(
+    server: PostgresServer | ExternalPostgres, settings: Settings, request: pytest.FixtureRequest
+) -> Settings:
     return settings.model_copy(update={"db": server.database("w_" + request.node.name)})
 
 
@@ -85,7 +82,10 @@ def _assert_exact(url: str, expected: dict[str, list[int]]) -> None:
 
 
 def test_the_worker_stores_sets_aside_and_dedups_on_postgresql(
-    pg: PostgresServer, settings: Settings, client: redis.Redis, request: pytest.FixtureRequest
+    pg: PostgresServer | ExternalPostgres,
+    settings: Settings,
+    client: redis.Redis,
+    request: pytest.FixtureRequest,
 ) -> None:
     settings = _on(pg, settings, request)
     keys = QueueKeys(settings.queue)
@@ -113,7 +113,10 @@ def test_the_worker_stores_sets_aside_and_dedups_on_postgresql(
 
 
 def test_a_batch_committed_but_not_acknowledged_is_acknowledged_not_stored_again(
-    pg: PostgresServer, settings: Settings, client: redis.Redis, request: pytest.FixtureRequest
+    pg: PostgresServer | ExternalPostgres,
+    settings: Settings,
+    client: redis.Redis,
+    request: pytest.FixtureRequest,
 ) -> None:
     """The window a SIGKILL rarely hits: the commit landed, the worker died before its ack."""
     settings = _on(pg, settings, request)
