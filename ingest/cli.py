@@ -70,6 +70,10 @@ def ingest_command(settings: Settings, check: bool, partition: int | None) -> No
             raise click.UsageError(f"bad settings: {exc}") from None
     if check:
         sys.exit(_check(settings))
+    try:
+        settings.check_partitions()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     if settings.postgres and importlib.util.find_spec("psycopg") is None:
         raise click.UsageError(
             "TASKEVENTS_DB is a PostgreSQL URL: install the driver, pip install 'taskevents[postgres]'"

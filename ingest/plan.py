@@ -48,15 +48,17 @@ class SpanChange:
 
 
 def fold_work_item(span: SpanChange, event_type: str, payload: dict[str, object]) -> None:
-    """What a work item event tells about its span: its id and type, progress, error code."""
+    """What a work item event tells about its span: its id and type, progress, error code (without
+    NUL characters, which PostgreSQL's text cannot hold: both stores keep the same summary; the
+    event's payload keeps them, escaped in its JSON)."""
     if isinstance(item := payload.get("work_item_id"), str):
-        span.work_item_id = item
+        span.work_item_id = item.replace("\x00", "")
     if isinstance(kind := payload.get("work_type"), str):
-        span.work_type = kind
+        span.work_type = kind.replace("\x00", "")
     if event_type == "work_item_progress" and (progress := payload.get("progress")) is not None:
         span.progress = orjson.dumps(progress).decode()
     elif event_type == "work_item_failed" and isinstance(code := payload.get("error_code"), str):
-        span.error_code = code
+        span.error_code = code.replace("\x00", "")
 
 
 def plan(

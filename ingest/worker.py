@@ -155,6 +155,7 @@ def _log_retry(state: RetryCallState) -> None:
 class Worker:
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         """Builds nothing but the Redis client: the store is opened when this worker holds the lease."""
+        settings.check_partitions()  # ValueError: a SQLite file has one writer
         self.settings = settings
         self._own_client = client is None
         self._redis = client or redis.Redis.from_url(
@@ -234,7 +235,7 @@ class Worker:
     def run(self) -> None:
         """Stand by until the lease is free, then consume until a warm stop; stand by again if the
         lease is lost or the store taken over by another writer."""
-        log.info("worker %s for %s into %s", self.lease.identity, self.name, self.settings.db)
+        log.info("worker %s for %s into %s", self.lease.identity, self.name, self.settings.store_name)
         try:
             while self._stand_by():
                 try:
@@ -244,7 +245,7 @@ class Worker:
                     # another queue or Redis pointed at the same file. Let go, so a standby can try.
                     log.error("%s while this worker held the lease on %s: is another queue or Redis "
                               "writing to %s? Standing by",
-                              exc, self.name, self.settings.db)  # fmt: skip
+                              exc, self.name, self.settings.store_name)  # fmt: skip
                     self._end_term(forgive=True)
                 except LeaseLost as exc:
                     log.error("no longer the writer of %s (%s): standing by", self.name, exc)
@@ -367,9 +368,22 @@ class Worker:
         with _store_faults():
             epoch = self._retry(lambda: self.writer.take_over())
         self._claimed.clear()
-        log.debug("took the store %s over (writer epoch %d)", self.settings.db, epoch)
+        log.debug("took the store %s over (writer epoch %d)", self.settings.store_name, epoch)
         self._retry(self.recover)
         self._process_suspects()
+        self._warn_of_strays()
+
+    def _warn_of_strays(self) -> None:
+        """With partitions, events in the unpartitioned list are read by no worker: a producer was
+        started without the deployment's TASKEVENTS_PARTITIONS. Said once a term, loudly."""
+        if self.settings.partitions == 1:
+            return
+        queue, n = self.settings.queue, self.settings.partitions
+        stray = self._retry(partial(self._redis.llen, queue))
+        if stray:
+            log.error("%d events wait in %s, which no worker reads with %d partitions: a producer without "
+                      "TASKEVENTS_PARTITIONS=%d? Push them to their partitions (docs/scaling.md)",
+                      stray, queue, n, n)  # fmt: skip
 
     def recover(self) -> None:
         """Finish what was left in the processing slots (ingest/recovery.py)."""
@@ -379,7 +393,7 @@ class Worker:
         """Stop consuming for `delay` seconds, keeping the lease and saying why in the heartbeat."""
         if self._store_error != str(exc):
             log.error("cannot write the store %s (%s): consuming stops, events stay in Redis; retrying "
-                      "every few seconds", self.settings.db, exc)  # fmt: skip
+                      "every few seconds", self.settings.store_name, exc)  # fmt: skip
         self._store_error = str(exc)
         # The claims of this term ended in a store fault, not in a crash: they are not the batch's.
         self._retry(partial(self.queue.forgive, sorted(self._claimed)))
@@ -413,7 +427,7 @@ class Worker:
                         self._finish(pending)  # everything is acknowledged before blocking
                         pending = None
                         if self._store_error is not None:
-                            log.warning("the store %s takes writes again", self.settings.db)
+                            log.warning("the store %s takes writes again", self.settings.store_name)
                             self._store_error = None  # taken over, recovered, nothing left to commit
                         if until_empty:
                             return
@@ -528,13 +542,13 @@ class Worker:
         """One commit attempt; while they fail, the heartbeat says why (`store_error`)."""
         try:
             if store_identity(self.settings) != self._writer_file:
-                raise StoreFault(f"the store file {self.settings.db} was replaced or removed")
+                raise StoreFault(f"the store file {self.settings.store_name} was replaced or removed")
             with _store_faults():
                 result = self.writer.commit(batch_id, good, dead, keep=self._keep)
         except sqlite3.OperationalError as exc:  # locked, disk full, I/O error: retried by the caller
             if self._store_error is None:
                 log.error("cannot commit batch %s to %s (%s): its events stay in Redis; retrying",
-                          batch_id, self.settings.db, exc)  # fmt: skip
+                          batch_id, self.settings.store_name, exc)  # fmt: skip
             self._store_error = str(exc)
             self._beat()
             raise

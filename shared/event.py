@@ -132,7 +132,7 @@ def exit_reason(payload: dict[str, Any]) -> str | None:
     for key in ("explanation", "error_code", "outcome"):
         value = payload.get(key)
         if isinstance(value, str) and value.strip():
-            return value.strip()[:500]
+            return value.replace("\x00", "").strip()[:500]  # no NUL: PostgreSQL's text cannot hold one
     code = _integer(payload.get("exit_code"))
     return f"exit code {code}" if code else None
 

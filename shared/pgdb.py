@@ -4,15 +4,44 @@ Only imported when TASKEVENTS_DB is a `postgresql://` URL: psycopg is the `postg
 """
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from taskevents.pgschema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
 from taskevents.schema import SchemaError
+
+# A network split must not leave the worker blocked on a dead socket (its heartbeat still saying
+# healthy), nor a deposed writer's transaction holding its partition's row for the successor. Both
+# ends probe the connection (the client's keepalives and user timeout; the server's, set for this
+# session, and its check of the client during a statement), so a dead one ends in about 30 s; a
+# lock waited for over 30 s, or a transaction left idle for 60 s, is ended by the server. The worker
+# then reopens, takes over and recovers by batch id (ingest/worker.py).
+CONNECT_OPTIONS: dict[str, str | int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms
+    "options": " ".join(
+        f"-c {setting}"
+        for setting in (
+            "lock_timeout=30s",
+            "idle_in_transaction_session_timeout=60s",
+            "tcp_keepalives_idle=10",
+            "tcp_keepalives_interval=5",
+            "tcp_keepalives_count=3",
+            "tcp_user_timeout=30000",
+            "client_connection_check_interval=10s",
+        )
+    ),
+}
 
 
 def open_pg_writer(url: str) -> psycopg.Connection:
     """The writer's connection, schema migrated. Autocommit: every change is made in an explicit
     `with conn.transaction()`, so no transaction is ever left open between batches."""
-    conn = psycopg.connect(url, autocommit=True, application_name="taskevents-ingest")
+    conninfo = make_conninfo(url, application_name="taskevents-ingest", **CONNECT_OPTIONS)
+    conn = psycopg.connect(conninfo, autocommit=True)
     try:
         migrate(conn)
     except BaseException:

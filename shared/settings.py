@@ -225,12 +225,7 @@ class Settings(ProducerSettings, ApiClientSettings):
     )
 
     @model_validator(mode="after")
-    def _one_writer_per_file(self) -> "Settings":
-        if self.partitions > 1 and not self.postgres:
-            raise ValueError(
-                f"{self.partitions} partitions need a PostgreSQL store (TASKEVENTS_DB=postgresql://…): "
-                "a SQLite file has one writer, so its queue has one partition"
-            )
+    def _partition_in_range(self) -> "Settings":
         if self.partition >= self.partitions:
             raise ValueError(
                 f"partition {self.partition} of {self.partitions}: must be 0 to {self.partitions - 1}"
@@ -251,6 +246,24 @@ class Settings(ProducerSettings, ApiClientSettings):
                 "so far (docs/scaling.md says what runs on PostgreSQL)"
             )
         return Path(self.db)
+
+    @property
+    def store_name(self) -> str:
+        """TASKEVENTS_DB as logs may show it: a URL's password masked."""
+        parts = urlsplit(str(self.db))
+        if not self.postgres or parts.password is None:
+            return str(self.db)
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return parts._replace(netloc=netloc).geturl()
+
+    def check_partitions(self) -> None:
+        """ValueError if the store cannot take the partitioning: a SQLite file has one writer. Asked
+        by the worker and the API, not at construction: a producer needs only N, not the store."""
+        if self.partitions > 1 and not self.postgres:
+            raise ValueError(
+                f"{self.partitions} partitions (TASKEVENTS_PARTITIONS) need a PostgreSQL store "
+                "(TASKEVENTS_DB=postgresql://…): a SQLite file has one writer, so its queue has one partition"
+            )
 
     @property
     def partition_queue(self) -> str:

@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from taskevents import Emitter
+from taskevents.ingest.worker import Worker
 from taskevents.keys import QueueKeys, partition_of, partition_queue
 from taskevents.settings import Settings
 from tests.helpers import start_worker, wait_for, worker_env
@@ -75,7 +76,8 @@ def test_the_emitter_routes_each_task_to_its_partition_in_order() -> None:
 
 def test_more_than_one_partition_needs_postgresql() -> None:
     with pytest.raises(ValueError, match="a SQLite file has one writer"):
-        Settings(db="events.db", partitions=2)
+        Settings(db="events.db", partitions=2).check_partitions()
+    Settings(db="events.db", partitions=2)  # a producer's settings: it needs N, not the store
     with pytest.raises(ValueError, match="partition 2 of 2"):
         Settings(db="postgresql://u@h/events", partitions=2, partition=2)
     settings = Settings(db="postgresql://u@h/events", queue="q", partitions=2, partition=1)
@@ -195,3 +197,25 @@ def test_a_worker_refuses_partitions_on_sqlite(settings: Settings) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "a SQLite file has one writer" in done.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.redis_server
+def test_events_a_producer_left_in_the_unpartitioned_list_are_reported(
+    pg: PostgresServer | ExternalPostgres,
+    settings: Settings,
+    client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = _partitioned(pg, settings, "parts_stray", 2)
+    client.rpush(settings.queue, raw_event("lost", 0), raw_event("lost", 1))  # pushed as if N were 1
+    with caplog.at_level("ERROR", logger="taskevents.worker"), Worker(_of(settings, 0)) as worker:
+        worker.drain()
+    assert "2 events wait in " + settings.queue + ", which no worker reads with 2 partitions" in caplog.text
+    assert client.llen(settings.queue) == 2  # left where they are, for the operator
+
+
+def test_logs_show_a_postgresql_url_without_its_password() -> None:
+    assert Settings(db="postgresql://u:s3cret@h:5/db").store_name == "postgresql://u:***@h:5/db"
+    assert Settings(db="postgresql://u@h/db").store_name == "postgresql://u@h/db"
+    assert Settings(db="events.db").store_name == "events.db"

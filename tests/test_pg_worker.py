@@ -112,6 +112,39 @@ def test_the_worker_stores_sets_aside_and_dedups_on_postgresql(
     _assert_exact(settings.db, {"a": [0, 1, 2, 3], "b": [0, 1]})
 
 
+def test_nul_characters_in_a_payload_are_stored_and_kept_out_of_the_summaries(
+    pg: PostgresServer | ExternalPostgres,
+    settings: Settings,
+    client: redis.Redis,
+    request: pytest.FixtureRequest,
+) -> None:
+    """PostgreSQL's text cannot hold NUL: the payload keeps it (escaped in its JSON), the span and task
+    summaries drop it, as on SQLite, instead of a commit failing for ever."""
+    settings = _on(pg, settings, request)
+    failed = {"work_item_id": "w\x001", "error_code": "E\x00X", "i": 1}
+    client.rpush(
+        QueueKeys(settings.queue).queue,
+        raw_event(
+            "n", 0, event_type="work_item_start", span_id="n/w", payload={"work_item_id": "w\x001", "i": 0}
+        ),
+        raw_event("n", 1, event_type="work_item_failed", span_id="n/w", payload=failed),
+        raw_event(
+            "n", 2, event_type="runner_exit", span_id="n/r", payload={"explanation": "bad\x00 end", "i": 2}
+        ),
+    )
+    with Worker(settings) as worker:
+        worker.drain()
+    _assert_exact(settings.db, {"n": [0, 1, 2]})
+    payloads = [
+        orjson.loads(p) for (p,) in _rows(settings.db, "SELECT payload FROM task_events ORDER BY seq")
+    ]
+    assert payloads[1]["error_code"] == "E\x00X"  # the event as it was sent
+    assert _rows(settings.db, "SELECT work_item_id, error_code, state FROM spans WHERE span_id = 'n/w'") == [
+        ("w1", "EX", "failed")
+    ]
+    assert _rows(settings.db, "SELECT exit_reason FROM tasks") == [("bad end",)]
+
+
 def test_a_batch_committed_but_not_acknowledged_is_acknowledged_not_stored_again(
     pg: PostgresServer | ExternalPostgres,
     settings: Settings,

@@ -215,3 +215,21 @@ def test_a_server_killed_mid_ingest_keeps_every_committed_batch_and_nothing_else
     counts = _rows(url, "SELECT task_id, count(*), max(seq) FROM task_events GROUP BY 1 ORDER BY 1")
     assert sum(c for _, c, _ in counts) == 39 * 50
     assert all(c == m for _, c, m in counts)  # each task's seqs are 1..n
+
+
+def test_the_writers_session_bounds_locks_idle_transactions_and_dead_connections(url: str) -> None:
+    conn = open_pg_writer(url)
+    try:
+        shown = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in (  # type: ignore[index]
+            "lock_timeout", "idle_in_transaction_session_timeout", "tcp_keepalives_idle", "tcp_user_timeout",
+            "client_connection_check_interval", "application_name")}  # fmt: skip
+    finally:
+        conn.close()
+    assert shown == {
+        "lock_timeout": "30s",
+        "idle_in_transaction_session_timeout": "1min",
+        "tcp_keepalives_idle": "10",
+        "tcp_user_timeout": "30000",  # ms
+        "client_connection_check_interval": "10s",
+        "application_name": "taskevents-ingest",
+    }
