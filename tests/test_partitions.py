@@ -219,3 +219,46 @@ def test_logs_show_a_postgresql_url_without_its_password() -> None:
     assert Settings(db="postgresql://u:s3cret@h:5/db").store_name == "postgresql://u:***@h:5/db"
     assert Settings(db="postgresql://u@h/db").store_name == "postgresql://u@h/db"
     assert Settings(db="events.db").store_name == "events.db"
+
+
+class _FailingOnce(fakeredis.FakeRedis):
+    """A client whose first pipeline pushes its first list, then loses the connection."""
+
+    failed = False  # set on the instance when it has
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction=transaction, shard_hint=shard_hint)
+        if self.failed:
+            return pipe
+
+        def execute(raise_on_error: bool = True) -> Any:
+            self.failed = True
+            target, *items = pipe.command_stack[0][0][1:]  # (args, options): RPUSH, the list, its items
+            self.rpush(target, *items)  # the first RPUSH landed, then the connection went
+            pipe.reset()
+            raise redis.ConnectionError("lost mid-pipeline")
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+
+def test_a_push_lost_part_way_is_sent_again_whole_and_each_repeat_carries_its_event_uid() -> None:
+    client = _FailingOnce()
+    emitter = Emitter(queue="q", partitions=2, client=client)
+    tasks = ["task-1", "task-2", "task-3", "task-4"]
+    assert {partition_of(t, 2) for t in tasks} == {0, 1}  # both lists in one push
+    for i in range(40):
+        emitter.emit(tasks[i % 4], "work_item_progress", span_id="s", actor="a", payload={"i": i})
+    assert emitter.close(10)
+    assert client.failed
+    by_list = {p: [orjson.loads(r) for r in client.lrange(partition_queue("q", p, 2), 0, -1)] for p in (0, 1)}
+    sent = [e for events in by_list.values() for e in events]
+    assert sorted({e["payload"]["i"] for e in sent}) == list(range(40))  # nothing lost
+    uids: dict[int, set[str]] = defaultdict(set)
+    for e in sent:
+        uids[e["payload"]["i"]].add(e["event_uid"])
+    assert all(len(u) == 1 for u in uids.values())  # a repeat is the same event: the worker stores it once
+    assert len(sent) > 40  # the list pushed before the loss has its events twice
+    for events in by_list.values():  # each list's distinct events in the order they were emitted
+        first_seen = list(dict.fromkeys(e["payload"]["i"] for e in events))
+        assert first_seen == sorted(first_seen)
