@@ -21,8 +21,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TASKEVENTS_DB=/data/taskevents.db
 COPY --from=build /wheels /wheels
-# The server extra: the worker and the API (the base install is a runner's producer only).
-RUN pip install "$(ls /wheels/*.whl)[server]" && rm -rf /wheels
+# The server extra: the worker and the API (the base install is a runner's producer only); postgres:
+# the driver, so the same image's worker can write a PostgreSQL store (docs/scaling.md).
+RUN pip install "$(ls /wheels/*.whl)[server,postgres]" && rm -rf /wheels
 
 # A non-root user owning /data: an empty named volume mounted there takes this ownership, so the
 # worker can create the SQLite file (and its -wal/-shm files) beside it.

@@ -102,9 +102,10 @@ def test_the_api_reads_the_workers_store_and_is_health_checked(services: dict[st
 
 
 def test_the_image_installs_what_it_runs() -> None:
-    """The worker and the API need the server extra; the base install is only a runner's producer."""
+    """The worker and the API need the server extra (and the postgres one for a PostgreSQL store);
+    the base install is only a runner's producer."""
     dockerfile = (ROOT / "Dockerfile").read_text()
     installs = [line for line in dockerfile.splitlines() if line.startswith("RUN pip install")]
-    assert installs and all("[server]" in line for line in installs), installs
+    assert installs and all("[server,postgres]" in line for line in installs), installs
     for folder in ("shared", "ingest", "api"):
         assert f"COPY {folder} ./{folder}" in dockerfile
