@@ -125,7 +125,8 @@ def check_postgres_url(url: str) -> str:
     """The URL or ValueError: it must name a database, as libpq reads it."""
     parts = urlsplit(url)
     if not parts.path.strip("/"):
-        raise ValueError(f"not a PostgreSQL URL with a database name (postgresql://host/db): {url!r}")
+        shown = url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url
+        raise ValueError(f"not a PostgreSQL URL with a database name (postgresql://host/db): {shown!r}")
     return url
 
 

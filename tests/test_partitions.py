@@ -21,7 +21,7 @@ import redis
 from taskevents import Emitter
 from taskevents.ingest.worker import Worker
 from taskevents.keys import QueueKeys, partition_of, partition_queue
-from taskevents.settings import Settings
+from taskevents.settings import Settings, build
 from tests.helpers import start_worker, wait_for, worker_env
 from tests.pgserver import ExternalPostgres, PostgresServer
 from tests.reliability_write_helpers import raw_event
@@ -219,6 +219,9 @@ def test_logs_show_a_postgresql_url_without_its_password() -> None:
     assert Settings(db="postgresql://u:s3cret@h:5/db").store_name == "postgresql://u:***@h:5/db"
     assert Settings(db="postgresql://u@h/db").store_name == "postgresql://u@h/db"
     assert Settings(db="events.db").store_name == "events.db"
+    with pytest.raises(ValueError, match="database name") as refused:
+        build(Settings, None, db="postgresql://u:s3cret@h:5")  # as the commands build their settings
+    assert "s3cret" not in str(refused.value) and "u:***@h:5" in str(refused.value)
 
 
 class _FailingOnce(fakeredis.FakeRedis):
