@@ -24,7 +24,7 @@ from taskevents.ingest.worker import Worker
 from taskevents.settings import Settings
 from tests.browser import UI_DIR, find_chromium
 from tests.helpers import reap_workers
-from tests.pgserver import ExternalPostgres, PostgresServer, find_pg_bin
+from tests.pgserver import ExternalPostgres, PostgresServer, find_pg_bin, running
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -137,12 +137,8 @@ def postgres() -> Iterator[PostgresServer | ExternalPostgres]:
     if url:
         yield ExternalPostgres(url)
         return
-    server = PostgresServer()
-    server.start()
-    try:
+    with running() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

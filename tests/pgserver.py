@@ -14,7 +14,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from taskevents.ingest.localredis import free_port
 
@@ -134,6 +137,35 @@ class ExternalPostgres:
 
     def database(self, name: str) -> str:
         return make_database(self.url, name)
+
+
+@contextmanager
+def running() -> Iterator[PostgresServer]:
+    """A server of the suite's own, started; stopped and its folder removed afterwards."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """A query's rows, on a connection of its own."""
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def stored(url: str) -> int:
+    """Events in the store; -1 while it cannot say (the server restarting, the schema not made)."""
+    import psycopg
+
+    try:
+        return int(rows(url, "SELECT count(*) FROM task_events")[0][0])
+    except psycopg.Error:
+        return -1
 
 
 def make_database(url: str, name: str) -> str:

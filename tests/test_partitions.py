@@ -14,7 +14,6 @@ from typing import Any
 
 import fakeredis
 import orjson
-import psycopg
 import pytest
 import redis
 
@@ -23,7 +22,7 @@ from taskevents.ingest.worker import Worker
 from taskevents.keys import QueueKeys, partition_of, partition_queue
 from taskevents.settings import Settings, build
 from tests.helpers import start_worker, wait_for, worker_env
-from tests.pgserver import ExternalPostgres, PostgresServer
+from tests.pgserver import ExternalPostgres, PostgresServer, rows, stored
 from tests.reliability_write_helpers import raw_event
 
 
@@ -102,18 +101,6 @@ def _of(settings: Settings, partition: int) -> Settings:
     return settings.model_copy(update={"partition": partition})
 
 
-def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, connect_timeout=5) as conn:
-        return conn.execute(sql).fetchall()
-
-
-def _stored(url: str) -> int:
-    try:
-        return int(_rows(url, "SELECT count(*) FROM task_events")[0][0])
-    except psycopg.Error:
-        return -1
-
-
 def _settled(client: redis.Redis, settings: Settings) -> bool:
     for p in range(settings.partitions):
         keys = QueueKeys(_of(settings, p).partition_queue)
@@ -148,17 +135,17 @@ def test_one_worker_per_partition_sigkilled_again_and_again_stores_every_event_o
         workers[p].kill()
         workers[p].wait(10)
         workers[p] = start_worker(_of(settings, p), log=log)
-    wait_for(lambda: _stored(settings.db) >= total and _settled(client, settings), timeout=180, interval=0.2)
+    wait_for(lambda: stored(settings.db) >= total and _settled(client, settings), timeout=180, interval=0.2)
     time.sleep(0.5)
-    assert _stored(settings.db) == total, log.read_text()[-3000:]
+    assert stored(settings.db) == total, log.read_text()[-3000:]
     by_task: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for task_id, seq, payload in _rows(settings.db, "SELECT task_id, seq, payload FROM task_events"):
+    for task_id, seq, payload in rows(settings.db, "SELECT task_id, seq, payload FROM task_events"):
         by_task[task_id].append((seq, orjson.loads(payload)["i"]))
-    for task_id, rows in by_task.items():
-        rows.sort()
-        assert [seq for seq, _ in rows] == list(range(1, len(rows) + 1)), task_id
-        assert [i for _, i in rows] == sent[task_id], task_id  # the order it was sent
-    parts = _rows(settings.db, "SELECT part, last_batch_id > 0 FROM ingest_state ORDER BY part")
+    for task_id, events in by_task.items():
+        events.sort()
+        assert [seq for seq, _ in events] == list(range(1, len(events) + 1)), task_id
+        assert [i for _, i in events] == sent[task_id], task_id  # the order it was sent
+    parts = rows(settings.db, "SELECT part, last_batch_id > 0 FROM ingest_state ORDER BY part")
     assert parts == [(0, True), (1, True), (2, True)]  # each partition its own batch ids
     assert all(w.poll() is None for w in workers)
 
@@ -176,7 +163,7 @@ def test_a_second_worker_for_a_held_partition_stands_by_and_a_changed_count_is_r
     second = start_worker(_of(settings, 1))
     wait_for(lambda: client.zcard(keys.standbys) == 1, timeout=30)  # it waits, it does not write
     client.rpush(keys.queue, raw_event("b", 0))
-    wait_for(lambda: _stored(settings.db) == 1, timeout=30)
+    wait_for(lambda: stored(settings.db) == 1, timeout=30)
     assert orjson.loads(client.get(keys.heartbeat) or b"{}")["pid"] == holder == first.pid
     first.kill()  # the standby takes the partition over once the lease lapses
     wait_for(lambda: orjson.loads(client.get(keys.heartbeat) or b"{}").get("pid") == second.pid, timeout=60)

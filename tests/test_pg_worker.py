@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
 import redis
 
@@ -21,7 +20,7 @@ from taskevents.ingest.worker import Worker
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 from tests.helpers import start_worker, wait_for
-from tests.pgserver import ExternalPostgres, PostgresServer
+from tests.pgserver import ExternalPostgres, PostgresServer, rows, running, stored
 from tests.reliability_write_helpers import raw_event, settled
 from tests.test_recovery import commit_then_die
 
@@ -36,12 +35,8 @@ def pg(postgres: PostgresServer | ExternalPostgres) -> PostgresServer | External
 @pytest.fixture
 def own_pg() -> Iterator[PostgresServer]:
     """A server for one test, which it may stop, restart and kill."""
-    server = PostgresServer()
-    server.start()
-    try:
+    with running() as server:
         yield server
-    finally:
-        server.close()
 
 
 def _on(
@@ -50,26 +45,14 @@ def _on(
     return settings.model_copy(update={"db": server.database("w_" + request.node.name)})
 
 
-def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, connect_timeout=5) as conn:
-        return conn.execute(sql).fetchall()
-
-
-def _stored(url: str) -> int:
-    try:
-        return int(_rows(url, "SELECT count(*) FROM task_events")[0][0])
-    except psycopg.Error:  # the server restarting, the schema not made yet
-        return -1
-
-
 def _committed_since(url: str, before: int, producer: threading.Thread) -> bool:
-    return _stored(url) > before or not producer.is_alive()
+    return stored(url) > before or not producer.is_alive()
 
 
 def _assert_exact(url: str, expected: dict[str, list[int]]) -> None:
     """Each task's seq is 1..n, and its events are the `i`s each producer sent, once, in order."""
     by_task: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
-    for task_id, seq, payload in _rows(
+    for task_id, seq, payload in rows(
         url, "SELECT task_id, seq, payload FROM task_events ORDER BY task_id, seq"
     ):
         by_task[task_id].append((seq, orjson.loads(payload)))
@@ -77,7 +60,7 @@ def _assert_exact(url: str, expected: dict[str, list[int]]) -> None:
     for task_id, events in by_task.items():
         assert [seq for seq, _ in events] == list(range(1, len(events) + 1)), task_id
         assert [p["i"] for _, p in events] == expected[task_id], task_id
-    latest = dict(_rows(url, "SELECT task_id, latest_seq FROM tasks"))
+    latest = dict(rows(url, "SELECT task_id, latest_seq FROM tasks"))
     assert latest == {t: len(e) for t, e in by_task.items()}
 
 
@@ -104,7 +87,7 @@ def test_the_worker_stores_sets_aside_and_dedups_on_postgresql(
     _assert_exact(settings.db, {"a": [0, 1, 2], "b": [0, 1]})
     (dead,) = client.lrange(keys.dead, 0, -1)
     assert orjson.loads(dead)["code"] == "not_json"
-    assert _rows(settings.db, "SELECT last_batch_id > 0 FROM ingest_state WHERE part = 0") == [(True,)]
+    assert rows(settings.db, "SELECT last_batch_id > 0 FROM ingest_state WHERE part = 0") == [(True,)]
     # A second worker's term continues the seq; the last batch id was kept, so nothing is redone.
     client.rpush(keys.queue, raw_event("a", 3), raw_event("a", 1, uid="u1"))
     with Worker(settings) as worker:
@@ -135,14 +118,12 @@ def test_nul_characters_in_a_payload_are_stored_and_kept_out_of_the_summaries(
     with Worker(settings) as worker:
         worker.drain()
     _assert_exact(settings.db, {"n": [0, 1, 2]})
-    payloads = [
-        orjson.loads(p) for (p,) in _rows(settings.db, "SELECT payload FROM task_events ORDER BY seq")
-    ]
+    payloads = [orjson.loads(p) for (p,) in rows(settings.db, "SELECT payload FROM task_events ORDER BY seq")]
     assert payloads[1]["error_code"] == "E\x00X"  # the event as it was sent
-    assert _rows(settings.db, "SELECT work_item_id, error_code, state FROM spans WHERE span_id = 'n/w'") == [
+    assert rows(settings.db, "SELECT work_item_id, error_code, state FROM spans WHERE span_id = 'n/w'") == [
         ("w1", "EX", "failed")
     ]
-    assert _rows(settings.db, "SELECT exit_reason FROM tasks") == [("bad end",)]
+    assert rows(settings.db, "SELECT exit_reason FROM tasks") == [("bad end",)]
 
 
 def test_a_batch_committed_but_not_acknowledged_is_acknowledged_not_stored_again(
@@ -161,7 +142,7 @@ def test_a_batch_committed_but_not_acknowledged_is_acknowledged_not_stored_again
         worker.drain()
     _assert_exact(settings.db, {"a": [0, 1, 2, 3, 4, 5]})  # the batch once, the next event after it
     assert len(client.lrange(keys.dead, 0, -1)) == 1  # its dead letter written at the late ack, once
-    assert _rows(settings.db, "SELECT last_batch_id FROM ingest_state") == [(batch_id + 1,)]
+    assert rows(settings.db, "SELECT last_batch_id FROM ingest_state") == [(batch_id + 1,)]
 
 
 def _produce(
@@ -203,7 +184,7 @@ def test_a_worker_sigkilled_again_and_again_stores_every_event_once_on_postgresq
         worker = start_worker(settings, log=log)
         # Once it has committed, mid-batch, mid-commit or between commit and ack: wherever it lands.
         wait_for(
-            partial(_committed_since, settings.db, _stored(settings.db), producer), timeout=30, interval=0.01
+            partial(_committed_since, settings.db, stored(settings.db), producer), timeout=30, interval=0.01
         )
         time.sleep(rng.uniform(0.0, 0.3))
         worker.kill()
@@ -211,9 +192,9 @@ def test_a_worker_sigkilled_again_and_again_stores_every_event_once_on_postgresq
         kills += 1
     producer.join()
     worker = start_worker(settings, log=log)
-    wait_for(lambda: _stored(settings.db) >= total and settled(client, settings), timeout=120, interval=0.2)
+    wait_for(lambda: stored(settings.db) >= total and settled(client, settings), timeout=120, interval=0.2)
     time.sleep(0.5)  # nothing more arrives later
-    assert _stored(settings.db) == total, log.read_text()[-3000:]
+    assert stored(settings.db) == total, log.read_text()[-3000:]
     _assert_exact(settings.db, result["sent"])
     assert worker.poll() is None
 
@@ -231,21 +212,21 @@ def test_postgresql_stopped_restarted_and_killed_during_ingest_loses_nothing(
     producer = threading.Thread(target=lambda: result.update(sent=_produce(client, settings, total, 20, 8.0)))
     log = tmp_path / "worker.log"
     worker = start_worker(settings, log=log)
-    wait_for(lambda: _stored(settings.db) >= 0, timeout=30)  # the schema made
+    wait_for(lambda: stored(settings.db) >= 0, timeout=30)  # the schema made
     producer.start()
     time.sleep(1.5)
     own_pg.stop()  # a fast shutdown: the worker's connection ends under it
     time.sleep(1.0)
     own_pg.start()
-    wait_for(lambda: _stored(settings.db) > 0, timeout=30)
+    wait_for(lambda: stored(settings.db) > 0, timeout=30)
     time.sleep(1.0)
     own_pg.kill()  # a crash: what was committed comes back from the server's WAL, nothing else
     time.sleep(1.0)
     own_pg.start()
     producer.join()
-    wait_for(lambda: _stored(settings.db) >= total and settled(client, settings), timeout=120, interval=0.2)
+    wait_for(lambda: stored(settings.db) >= total and settled(client, settings), timeout=120, interval=0.2)
     time.sleep(0.5)
-    assert _stored(settings.db) == total, log.read_text()[-3000:]
+    assert stored(settings.db) == total, log.read_text()[-3000:]
     _assert_exact(settings.db, result["sent"])
     assert worker.poll() is None, log.read_text()[-3000:]
     assert "takes writes again" in log.read_text() or "cannot write the store" in log.read_text()

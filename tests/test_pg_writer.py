@@ -15,19 +15,15 @@ from taskevents.ingest.writer import Decoded, StoreFenced
 from taskevents.pgdb import migrate, open_pg_writer
 from taskevents.pgschema import SCHEMA_VERSION
 from taskevents.schema import SchemaError
-from tests.pgserver import PostgresServer
+from tests.pgserver import PostgresServer, running
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
+    with running() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
