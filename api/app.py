@@ -2,8 +2,9 @@
 
 State on `app.state`, for every router (the live stream's too):
 - `settings`: the process's Settings;
-- `store`: the ReadStore, the pool of read-only connections (`store.run(read, *args)` on a thread);
-- `loop_store`: one read-only connection for reads made inline on the event loop;
+- `store`: the pool of read-only connections (`store.run(read, *args)` on a thread): a ReadStore for
+  SQLite (api/store.py), a PgReadStore for PostgreSQL (api/pgstore.py);
+- `loop_store`: one read-only connection for reads made inline on the event loop (SQLite only);
 - `reads`: the ReadRunner endpoints read with (inline while short, else on the pool's threads);
 - `redis`: a Redis client with short timeouts (for checks; it never blocks a request for long);
 - `registry`: the Prometheus registry served at /metrics.
@@ -24,7 +25,7 @@ from taskevents.api.archived import ArchivedReads
 from taskevents.api.deps import ReadRunner
 from taskevents.api.errors import install_error_handlers
 from taskevents.api.metrics import MetricsMiddleware, RequestMetrics, WorkerCollector, metrics_router
-from taskevents.api.store import DEFAULT_POOL_SIZE, ReadStore, StoreUnavailable
+from taskevents.api.store import DEFAULT_POOL_SIZE, ReadStore, StoreReader, StoreUnavailable
 from taskevents.api.ui import UiAssets, default_dist, ui_router
 from taskevents.api.worker_report import redis_client
 from taskevents.keys import QueueKeys
@@ -65,12 +66,22 @@ def create_app(
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    app.state.store = ReadStore(settings.sqlite_path, size=pool_size, timeout=settings.query_timeout)
-    # The event loop's own connection, for the short reads endpoints make inline (api/tasks.py): the
-    # loop runs one read at a time, so it never waits for a connection the pool's threads hold.
-    app.state.loop_store = ReadStore(settings.sqlite_path, size=1, timeout=settings.query_timeout)
-    app.state.archives = ArchivedReads(settings.archive_dir)
-    app.state.store.archives = app.state.loop_store.archives = app.state.archives
+    if settings.postgres:
+        from taskevents.api.pgstore import PgReadStore  # psycopg: the postgres extra's
+
+        # A read over the network would hold the event loop for its round trips: every read goes to
+        # the pool's threads (psycopg waits for the server without the GIL).
+        app.state.store = PgReadStore(
+            str(settings.db), settings.store_name, size=pool_size, timeout=settings.query_timeout
+        )
+        app.state.loop_store = None
+    else:
+        app.state.store = ReadStore(settings.sqlite_path, size=pool_size, timeout=settings.query_timeout)
+        # The event loop's own connection, for the short reads endpoints make inline (api/tasks.py):
+        # the loop runs one read at a time, so it never waits for a connection the threads hold.
+        app.state.loop_store = ReadStore(settings.sqlite_path, size=1, timeout=settings.query_timeout)
+        app.state.archives = ArchivedReads(settings.archive_dir)
+        app.state.store.archives = app.state.loop_store.archives = app.state.archives
     app.state.reads = ReadRunner(app.state.loop_store, app.state.store)
     app.state.redis = redis_client(settings)
     app.state.registry = CollectorRegistry(auto_describe=False)
@@ -97,17 +108,18 @@ def create_app(
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Say at start whether the store is readable yet; close the pool and Redis at the end."""
-    store: ReadStore = app.state.store
+    store: StoreReader = app.state.store
     try:
         store.check()
-        log.info("serving %s read-only", store.path)
+        log.info("serving %s read-only", store.name)
     except StoreUnavailable as exc:
         log.warning("%s; task endpoints answer 503 until it is", exc)
     try:
         yield
     finally:
         store.close()
-        app.state.loop_store.close()
+        if app.state.loop_store is not None:
+            app.state.loop_store.close()
         app.state.redis.close()
 
 

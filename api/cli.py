@@ -5,7 +5,7 @@ import uvicorn
 
 from taskevents.api.app import create_app
 from taskevents.api.stream import WS_MAX_SIZE
-from taskevents.cli import env_help, settings_options, sqlite_only
+from taskevents.cli import env_help, settings_options, store_usable
 from taskevents.settings import Settings
 
 
@@ -35,13 +35,14 @@ from taskevents.settings import Settings
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
 @settings_options
 def api_command(settings: Settings, host: str | None, port: int | None, access_log: bool) -> None:
-    """Serve the read API (JSON; OpenAPI at /docs): the store opened read-only.
+    """Serve the read API (JSON; OpenAPI at /docs): the store (a SQLite file or a PostgreSQL URL)
+    opened read-only.
 
-    It may start before the worker has created the store: task endpoints answer 503 until the file
+    It may start before the worker has created the store: task endpoints answer 503 until it
     exists, then serve. Readiness at /api/ready, Prometheus metrics at /metrics. SIGTERM or Ctrl-C:
     finish the requests in hand, then exit.
     """
-    sqlite_only(settings, "the read API")
+    store_usable(settings)
     app = create_app(settings)
     uvicorn.run(
         app,

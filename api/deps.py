@@ -13,7 +13,7 @@ import anyio
 import redis
 from fastapi import Depends, Request
 
-from taskevents.api.store import QueryTimeout, ReadStore
+from taskevents.api.store import QueryTimeout, StoreReader
 from taskevents.settings import Settings
 
 T = TypeVar("T")
@@ -29,12 +29,14 @@ class ReadRunner:
     """Runs an endpoint's read: inline on the loop's own connection while it is short (a hop to a
     thread costs more than a 0.3 ms page, see api/tasks.py), on the pool's threads when it is not."""
 
-    loop: ReadStore
-    pool: ReadStore
+    loop: StoreReader | None  # None: every read on a thread (a PostgreSQL store, api/app.py)
+    pool: StoreReader
     budget: float = INLINE_BUDGET
     moved: int = 0  # reads stopped inline and run again on a thread (tests, benchmarks)
 
     async def __call__(self, read: Callable[..., T], *args: Any) -> T:
+        if self.loop is None:
+            return await anyio.to_thread.run_sync(partial(self.pool.run, read, *args))
         try:
             return self.loop.run_within(self.budget, read, *args)
         except QueryTimeout:
@@ -50,7 +52,7 @@ async def _reads(request: Request) -> ReadRunner:
     return request.app.state.reads
 
 
-async def _store(request: Request) -> ReadStore:
+async def _store(request: Request) -> StoreReader:
     return request.app.state.store
 
 
@@ -63,7 +65,7 @@ async def _settings(request: Request) -> Settings:
 
 
 # The pool (for reads that are always on a thread: readiness), and how endpoints read.
-Store = Annotated[ReadStore, Depends(_store)]
+Store = Annotated[StoreReader, Depends(_store)]
 Reads = Annotated[ReadRunner, Depends(_reads)]
 RedisClient = Annotated[redis.Redis, Depends(_redis)]
 AppSettings = Annotated[Settings, Depends(_settings)]

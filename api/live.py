@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 
 from taskevents.api.livereads import Head, events_after, events_in_ranges, head, heads
 from taskevents.api.reads import tasks_by_id
-from taskevents.api.store import ReadStore
+from taskevents.api.store import StoreReader
 from taskevents.keys import QueueKeys
 from taskevents.messages import CommitNotice
 from taskevents.settings import Settings
@@ -180,7 +180,7 @@ class LiveHub:
     Use as `async with LiveHub(settings, store) as hub:` (the API's lifespan does).
     """
 
-    def __init__(self, settings: Settings, store: ReadStore) -> None:
+    def __init__(self, settings: Settings, store: StoreReader) -> None:
         self.settings = settings
         self.store = store
         self.channel = QueueKeys(settings.queue).commits

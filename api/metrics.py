@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskevents.api import reads
-from taskevents.api.store import ReadStore, StoreUnavailable
+from taskevents.api.store import StoreReader, StoreUnavailable
 from taskevents.api.worker_report import read_worker_report
 from taskevents.keys import QueueKeys
 
@@ -80,7 +80,7 @@ class MetricsMiddleware:
 class WorkerCollector:
     """The worker's counters, queue depth and heartbeat age from Redis; the store's last commit."""
 
-    def __init__(self, client: redis.Redis, keys: QueueKeys, store: ReadStore) -> None:
+    def __init__(self, client: redis.Redis, keys: QueueKeys, store: StoreReader) -> None:
         self.client = client
         self.keys = keys
         self.store = store

@@ -38,13 +38,12 @@ EVENT_FIELDS: Final = (
     "event_uid",
     "emitted_at",
 )
-EVENT_JSON: Final = _json_object(
-    *((name, "json(payload)" if name == "payload" else name) for name in EVENT_FIELDS)
-)
+EVENT_PAIRS: Final = tuple((name, "json(payload)" if name == "payload" else name) for name in EVENT_FIELDS)
+EVENT_JSON: Final = _json_object(*EVENT_PAIRS)
 
 # A span: its first event (span_id, parent, type, phase, seq), its state and extent, and what its work
 # item events said (id, type, latest progress, error code; null for other spans).
-_SPAN_PAIRS: Final = (
+SPAN_PAIRS: Final = (
     ("span_id", "s.span_id"),
     ("parent_span_id", "s.parent_span_id"),
     ("event_type", "s.event_type"),
@@ -62,9 +61,9 @@ _SPAN_PAIRS: Final = (
     ("progress", "json(s.progress)"),
     ("error_code", "s.error_code"),
 )
-SPAN_JSON: Final = _json_object(*_SPAN_PAIRS)
+SPAN_JSON: Final = _json_object(*SPAN_PAIRS)
 # A graph node: a span plus its first event's payload.
-NODE_JSON: Final = _json_object(*_SPAN_PAIRS[:5], ("payload", "json(e.payload)"), *_SPAN_PAIRS[5:])
+NODE_JSON: Final = _json_object(*SPAN_PAIRS[:5], ("payload", "json(e.payload)"), *SPAN_PAIRS[5:])
 
 # failed_items: the task's work item spans that failed (the partial index idx_spans_failed); an
 # archived task's spans are in its archive, so its row keeps the count. archived: 1 in the store, 2
@@ -86,6 +85,9 @@ TASK_JSON: Final = _json_object(
     ),
     ("archived", "json(CASE WHEN tasks.archived THEN 'true' ELSE 'false' END)"),
 )
+
+# The task's summary row as JSON (a task page's header).
+TASK_SUMMARY: Final = f"SELECT {TASK_JSON} FROM tasks WHERE task_id = ?"
 
 TASK: Final = "SELECT latest_seq, event_count, current_phase, status, archived FROM tasks WHERE task_id = ?"
 ARCHIVED: Final = "SELECT archived, latest_seq FROM tasks WHERE task_id = ?"
@@ -221,3 +223,22 @@ ORDER BY seq DESC LIMIT ?
 
 # When the worker last committed anything (metrics: how stale the store is).
 LAST_COMMIT: Final = "SELECT max(last_at) FROM tasks"
+
+# The live stream's reads (api/livereads.py). A task's events after a seq:
+LIVE_AFTER: Final = f"""
+SELECT e.seq, e.event_type, {EVENT_JSON}
+FROM task_events AS e
+WHERE e.task_id = ? AND e.seq > ?
+ORDER BY e.seq
+LIMIT ?
+"""
+# One statement for every task of a notification; json_each drives the (task_id, seq) index.
+LIVE_RANGES: Final = f"""
+SELECT e.task_id, e.seq, e.event_type, {EVENT_JSON}
+FROM json_each(?) AS r
+JOIN task_events AS e ON e.task_id = r.value ->> 0 AND e.seq BETWEEN r.value ->> 1 AND r.value ->> 2
+ORDER BY e.task_id, e.seq
+"""
+LIVE_HEADS: Final = """
+SELECT task_id, latest_seq, status FROM tasks WHERE task_id IN (SELECT value FROM json_each(?))
+"""

@@ -2,18 +2,18 @@
 
 Every function takes the connection `ReadStore.run` gives it, so all its queries see one snapshot:
 the page and its total agree, and the task cannot change half-way. Bodies are bytes joined from the
-JSON SQLite rendered (api/queries.py); api/models.py describes them for OpenAPI. A benchmark or the
+JSON the database rendered (api/queries.py for SQLite, api/pgqueries.py for PostgreSQL, picked by
+api/dialect.py from the connection); api/models.py describes them for OpenAPI. A benchmark or the
 live stream can call these directly: `store.run(reads.events_page, "t-1", 0, 100)`.
 """
 
-import sqlite3
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import orjson
 
-from taskevents.api import queries as q
 from taskevents.api.cursor import encode_cursor
+from taskevents.api.dialect import Connection, queries
 from taskevents.api.errors import TaskNotFound
 from taskevents.api.store import TaskArchived
 
@@ -26,9 +26,10 @@ class TaskRow(NamedTuple):
     archived: int  # 0 in the store, 1 archived, 2 read from its archive (api/archived.py)
 
 
-def task_row(conn: sqlite3.Connection, task_id: str) -> TaskRow:
+def task_row(conn: Connection, task_id: str) -> TaskRow:
     """The task's summary row; TaskNotFound if the store has no event of it, TaskArchived if its events
     are in its archive (the read is then run again on the archive). Every task read starts here."""
+    q = queries(conn)
     row = conn.execute(q.TASK, (task_id,)).fetchone()
     if row is None:
         raise TaskNotFound(task_id)
@@ -49,31 +50,34 @@ def _page(rows: Sequence[tuple[int, str]], total: int, has_more: bool, next_seq:
     ).encode()
 
 
-def events_page(conn: sqlite3.Connection, task_id: str, since_seq: int, limit: int) -> bytes:
+def events_page(conn: Connection, task_id: str, since_seq: int, limit: int) -> bytes:
     """Events after `since_seq`, ascending. `next_seq`: the last seq returned, else `since_seq`."""
     task = task_row(conn, task_id)
+    q = queries(conn)
     rows = conn.execute(q.EVENTS_AFTER, (task_id, since_seq, limit + 1)).fetchall()
     has_more = len(rows) > limit
     del rows[limit:]
     return _page(rows, task.event_count, has_more, rows[-1][0] if rows else since_seq)
 
 
-def latest_page(conn: sqlite3.Connection, task_id: str, limit: int) -> bytes:
+def latest_page(conn: Connection, task_id: str, limit: int) -> bytes:
     """The newest `limit` events, newest first. `has_more`: older events exist beyond the page.
 
     `next_seq` is the newest seq of the page (0 if empty): pass it as `since_seq` to `/events` (or
     the live stream) for what comes after.
     """
     task = task_row(conn, task_id)
+    q = queries(conn)
     rows = conn.execute(q.EVENTS_NEWEST, (task_id, limit + 1)).fetchall()
     has_more = len(rows) > limit
     del rows[limit:]
     return _page(rows, task.event_count, has_more, rows[0][0] if rows else 0)
 
 
-def phase_page(conn: sqlite3.Connection, task_id: str, phase: str, since_seq: int, limit: int) -> bytes:
+def phase_page(conn: Connection, task_id: str, phase: str, since_seq: int, limit: int) -> bytes:
     """Like `events_page` for the events of one phase; `total` counts that phase."""
     task_row(conn, task_id)
+    q = queries(conn)
     rows = conn.execute(q.PHASE_EVENTS_AFTER, (task_id, phase, since_seq, limit + 1)).fetchall()
     has_more = len(rows) > limit
     del rows[limit:]
@@ -81,16 +85,17 @@ def phase_page(conn: sqlite3.Connection, task_id: str, phase: str, since_seq: in
     return _page(rows, total, has_more, rows[-1][0] if rows else since_seq)
 
 
-def checkpoints(conn: sqlite3.Connection, task_id: str, since_seq: int, limit: int) -> tuple[bytes, bool]:
+def checkpoints(conn: Connection, task_id: str, since_seq: int, limit: int) -> tuple[bytes, bool]:
     """Checkpoint events after `since_seq` as a JSON array, and whether more exist after them."""
     task_row(conn, task_id)
+    q = queries(conn)
     rows = conn.execute(q.CHECKPOINTS_AFTER, (task_id, since_seq, limit + 1)).fetchall()
     has_more = len(rows) > limit
     del rows[limit:]
     return ("[" + ",".join(row[1] for row in rows) + "]").encode(), has_more
 
 
-def snapshot(conn: sqlite3.Connection, task_id: str, limit: int) -> bytes:
+def snapshot(conn: Connection, task_id: str, limit: int) -> bytes:
     """The last `limit` events ascending, with the state of the whole task (not of the window).
 
     `current_phase` and `status` come from the task row (the last non-null phase the worker saw), and
@@ -98,6 +103,7 @@ def snapshot(conn: sqlite3.Connection, task_id: str, limit: int) -> bytes:
     `active_spans` is their ids (the original's shape), `active_span_details` the span objects.
     """
     task = task_row(conn, task_id)
+    q = queries(conn)
     rows = conn.execute(q.EVENTS_NEWEST, (task_id, limit)).fetchall()
     events = ",".join(row[1] for row in reversed(rows))
     spans = conn.execute(q.OPEN_SPANS, (task_id,)).fetchall()
@@ -113,9 +119,10 @@ def snapshot(conn: sqlite3.Connection, task_id: str, limit: int) -> bytes:
     ).encode()
 
 
-def graph(conn: sqlite3.Connection, task_id: str, limit: int) -> bytes:
+def graph(conn: Connection, task_id: str, limit: int) -> bytes:
     """One node per span (the first `limit` by start), and an edge parent -> child where both are nodes."""
     task_row(conn, task_id)
+    q = queries(conn)
     rows = conn.execute(q.GRAPH_NODES, (task_id, limit + 1)).fetchall()
     truncated = len(rows) > limit
     del rows[limit:]
@@ -129,8 +136,9 @@ def graph(conn: sqlite3.Connection, task_id: str, limit: int) -> bytes:
     ).encode()
 
 
-def tasks_page(conn: sqlite3.Connection, limit: int, filters: dict[str, object]) -> bytes:
+def tasks_page(conn: Connection, limit: int, filters: dict[str, object]) -> bytes:
     """Tasks, most recently active first, filtered (q.TASK_FILTERS; `after`: the cursor's position)."""
+    q = queries(conn)
     sql, params = q.tasks_query(filters)
     rows = conn.execute(sql, (*params, limit + 1)).fetchall()
     has_more = len(rows) > limit
@@ -139,15 +147,17 @@ def tasks_page(conn: sqlite3.Connection, limit: int, filters: dict[str, object])
     return f'{{"tasks":[{",".join(row[2] for row in rows)}],"next_cursor":{cursor}}}'.encode()
 
 
-def tasks_by_id(conn: sqlite3.Connection, task_ids: list[str]) -> dict[str, str]:
+def tasks_by_id(conn: Connection, task_ids: list[str]) -> dict[str, str]:
     """task_id -> its summary's JSON, for the tasks the store has."""
-    return dict(conn.execute(q.TASKS_BY_ID, (orjson.dumps(task_ids),)).fetchall())
+    q = queries(conn)
+    return dict(conn.execute(q.TASKS_BY_ID, (orjson.dumps(task_ids).decode(),)).fetchall())
 
 
-def spans(conn: sqlite3.Connection, task_id: str, parent: str | None, after_seq: int, limit: int) -> bytes:
+def spans(conn: Connection, task_id: str, parent: str | None, after_seq: int, limit: int) -> bytes:
     """The task's spans in the order they started, after `after_seq`; only `parent`'s children if given.
     `next_seq`: pass back as `after_seq` while `has_more`."""
     task_row(conn, task_id)
+    q = queries(conn)
     if parent is None:
         rows = conn.execute(q.SPANS_ALL, (task_id, after_seq, limit + 1)).fetchall()
     else:
@@ -159,12 +169,13 @@ def spans(conn: sqlite3.Connection, task_id: str, parent: str | None, after_seq:
     return f'{{"spans":[{body}],"has_more":{_bool(has_more)},"next_seq":{next_seq}}}'.encode()
 
 
-def overview(conn: sqlite3.Connection, task_id: str, events: int, items: int, checkpoints: int) -> bytes:
+def overview(conn: Connection, task_id: str, events: int, items: int, checkpoints: int) -> bytes:
     """What a task page paints first, in one read: the task, its root spans, its stages (phase spans,
     each with its work items' counts by state and its first `items` work items), its latest `events`
     events (ascending), and its newest `checkpoints` checkpoint events and evidence links (ascending)."""
     task_row(conn, task_id)
-    task = conn.execute(f"SELECT {q.TASK_JSON} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    q = queries(conn)
+    task = conn.execute(q.TASK_SUMMARY, (task_id,)).fetchone()
     if task is None:
         raise TaskNotFound(task_id)
     counts: dict[str | None, dict[str, int]] = {}
@@ -192,7 +203,7 @@ def overview(conn: sqlite3.Connection, task_id: str, events: int, items: int, ch
 
 
 def find(
-    conn: sqlite3.Connection,
+    conn: Connection,
     task_id: str,
     text: str | None,
     types: list[str] | None,
@@ -208,6 +219,7 @@ def find(
     task = task_row(conn, task_id)
     before = task.latest_seq + 1 if before_seq is None else min(before_seq, task.latest_seq + 1)
     kinds = orjson.dumps(types).decode() if types else None
+    q = queries(conn)
     rows = conn.execute(
         q.FIND, (task_id, before, q.FIND_SCAN, text, text, kinds, kinds, int(failed), limit + 1)
     ).fetchall()
@@ -222,6 +234,6 @@ def find(
     ).encode()
 
 
-def last_commit_at(conn: sqlite3.Connection) -> str | None:
+def last_commit_at(conn: Connection) -> str | None:
     """`last_at` of the most recently written task: when the worker last committed."""
-    return conn.execute(q.LAST_COMMIT).fetchone()[0]
+    return conn.execute(queries(conn).LAST_COMMIT).fetchone()[0]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from taskevents.db import open_reader
 from taskevents.schema import SCHEMA_VERSION
@@ -65,6 +65,23 @@ class QueryTimeout(StoreUnavailable):
         self.seconds = seconds
 
 
+class StoreReader(Protocol):
+    """What the API reads with: ReadStore here for SQLite, PgReadStore (api/pgstore.py) for PostgreSQL."""
+
+    @property
+    def name(self) -> str: ...
+
+    def run(self, read: Callable[Concatenate[Any, P], T], *args: P.args, **kw: P.kwargs) -> T: ...
+
+    def run_within(
+        self, seconds: float, read: Callable[Concatenate[Any, P], T], *args: P.args, **kw: P.kwargs
+    ) -> T: ...
+
+    def check(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True, eq=False)
 class _Reader:
     conn: sqlite3.Connection
@@ -91,6 +108,10 @@ class ReadStore:
         self._lock = threading.Lock()
         self.opened = 0  # connections opened so far: stays at most `size` while the file stays the same
         self.archives: ArchivedReads | None = None  # where reads of archived tasks go (api/archived.py)
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
 
     # --- reading ---------------------------------------------------------------------------------
 

@@ -1,6 +1,5 @@
 """Commands of the worker side: ingest, dead-letters, redis, jobs, archive, restore."""
 
-import importlib.util
 import logging
 import os
 import signal
@@ -12,7 +11,7 @@ from urllib.parse import urlparse
 import click
 import redis
 
-from taskevents.cli import env_help, settings_options, sqlite_only
+from taskevents.cli import env_help, settings_options, sqlite_only, store_usable
 from taskevents.ingest.deadletters import DeadLetters
 from taskevents.ingest.localredis import answers, find_redis_server, server_command
 from taskevents.ingest.worker import Worker
@@ -70,14 +69,7 @@ def ingest_command(settings: Settings, check: bool, partition: int | None) -> No
             raise click.UsageError(f"bad settings: {exc}") from None
     if check:
         sys.exit(_check(settings))
-    try:
-        settings.check_partitions()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    if settings.postgres and importlib.util.find_spec("psycopg") is None:
-        raise click.UsageError(
-            "TASKEVENTS_DB is a PostgreSQL URL: install the driver, pip install 'taskevents[postgres]'"
-        )
+    store_usable(settings)
     worker = Worker(settings)
     worker.install_signal_handlers()
     try:

@@ -8,6 +8,7 @@ extra is missing says what to install instead of failing on an import.
 
 import functools
 import importlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Callable
@@ -77,6 +78,19 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(settings=settings, **kwargs)
 
     return wrapper
+
+
+def store_usable(settings: Settings) -> None:
+    """Refuse, with a clear message, a store this install cannot serve: N partitions on one SQLite
+    file, or a PostgreSQL URL without the driver (the postgres extra)."""
+    try:
+        settings.check_partitions()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if settings.postgres and importlib.util.find_spec("psycopg_pool") is None:
+        raise click.UsageError(
+            "TASKEVENTS_DB is a PostgreSQL URL: install the driver, pip install 'taskevents[postgres]'"
+        )
 
 
 def sqlite_only(settings: Settings, what: str) -> None:

@@ -16,6 +16,8 @@ What differs, and why:
 
 from typing import Final
 
+from taskevents.event import FAILURE_OUTCOMES, SUCCESS_OUTCOMES
+
 TABLE_PARTITIONS: Final = 8  # hash partitions of task_events and spans, fixed when the schema is made
 
 _PHASES = "'planning', 'executing', 'verifying', 'recovery'"
@@ -29,6 +31,62 @@ def _partitions(table: str) -> str:
         for n in range(TABLE_PARTITIONS)
     )
 
+
+# shared/event.py's exit_status in PL/pgSQL: the outcome word (trimmed of what Python's str.strip()
+# trims, any case), else an integral exit_code (a number, or ASCII digits with spaces), else succeeded
+# only when the payload says neither. tests/test_pg_reads.py checks it against the Python rule.
+_EXIT_STATUS: Final = (
+    """
+    CREATE FUNCTION te_exit_status(payload text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+    DECLARE
+        doc jsonb;
+        word text;
+        code jsonb;
+        n numeric;
+    BEGIN
+        BEGIN
+            doc := payload::jsonb;
+        EXCEPTION WHEN others THEN
+            RETURN NULL;
+        END;
+        IF jsonb_typeof(doc) IS DISTINCT FROM 'object' THEN
+            RETURN NULL;
+        END IF;
+        IF jsonb_typeof(doc -> 'outcome') = 'string' THEN
+            word := lower(btrim(doc ->> 'outcome', '"""
+    + "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
+    + """'));
+            IF word IN ("""
+    + ", ".join(f"'{w}'" for w in sorted(SUCCESS_OUTCOMES))
+    + """) THEN
+                RETURN 'succeeded';
+            END IF;
+            IF word IN ("""
+    + ", ".join(f"'{w}'" for w in sorted(FAILURE_OUTCOMES))
+    + """) THEN
+                RETURN 'failed';
+            END IF;
+        END IF;
+        code := doc -> 'exit_code';
+        IF jsonb_typeof(code) = 'number' THEN
+            n := (code #>> '{}')::numeric;
+            IF n = trunc(n) THEN
+                RETURN CASE WHEN n = 0 THEN 'succeeded' ELSE 'failed' END;
+            END IF;
+        ELSIF jsonb_typeof(code) = 'string'
+              AND (code #>> '{}') ~ '^[ \t\n\r]*[+-]?[0-9]{1,20}[ \t\n\r]*$' THEN
+            RETURN CASE WHEN btrim(code #>> '{}', E' \t\n\r')::numeric = 0 THEN 'succeeded' ELSE 'failed' END;
+        END IF;
+        IF NOT doc ? 'exit_code'
+           AND (doc -> 'outcome' IS NULL OR jsonb_typeof(doc -> 'outcome') = 'null') THEN
+            RETURN 'succeeded';
+        END IF;
+        RETURN 'failed';
+    END
+    $fn$;
+    """
+)
 
 # Each entry moves the schema from version i to i + 1. Never edit a released entry: append a new one.
 # Version 1 is SQLite's versions 1 to 4 at once (the store did not exist on PostgreSQL before).
@@ -117,6 +175,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         partitions integer NOT NULL CHECK (partitions >= 1)
     );
     """,
+    # For the read API (api/pgqueries.py): the task list sorts and pages by (last_at, task_id) in code
+    # point order, as SQLite does, whatever the database's locale; and timeline searches for failures
+    # ask te_exit_status, the rule of shared/event.py's exit_status, as SQLite's registered function.
+    """
+    ALTER TABLE tasks ALTER COLUMN task_id TYPE text COLLATE "C", ALTER COLUMN last_at TYPE text COLLATE "C";
+    """
+    + _EXIT_STATUS,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

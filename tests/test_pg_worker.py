@@ -238,7 +238,7 @@ def test_commands_that_read_sqlite_only_refuse_a_postgresql_store(tmp_path: Path
     from taskevents.cli import main
 
     url = "postgresql://taskevents@127.0.0.1:1/none"
-    for args in (["api", "--db", url], ["archive", "--db", url, "--list"], ["jobs", "--db", url]):
+    for args in (["archive", "--db", url, "--list"], ["jobs", "--db", url]):
         answer = CliRunner().invoke(main, args)
         assert answer.exit_code == 2, (args, answer.output)
         assert "reads SQLite stores only so far" in answer.output, answer.output

@@ -1,0 +1,198 @@
+"""The read API on PostgreSQL answers what it answers on SQLite, byte for byte.
+
+Runs are ingested into a SQLite store by the real worker, and the rows copied as they are into a
+PostgreSQL store: every column the same, created_at included, so any difference is the read side's
+(api/pgqueries.py against api/queries.py). Then every endpoint is asked the same questions of both.
+"""
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import psycopg
+import pytest
+
+from taskevents.api import pgqueries, queries
+from taskevents.emitter import Emitter
+from taskevents.event import exit_status
+from taskevents.pgdb import open_pg_writer
+from taskevents.settings import Settings
+from taskevents.simulate import simulate
+from tests.api_helpers import TestClient, api_client, ingest
+from tests.pgserver import ExternalPostgres, PostgresServer
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis_server]
+
+NAME = 'q"b\\ é 中 😀 <b>'  # identifiers may hold any printable text
+ODD = 'quote " backslash \\ tab \t newline \n nul-free \x01\x1f del \x7f é ü 中文 😀 \u2028 </script>'
+
+EXITS: list[dict[str, Any]] = [
+    {"outcome": "success"},
+    {"outcome": "  FAILED \u3000"},
+    {"outcome": "weird", "exit_code": " 0 "},
+    {"exit_code": 3},
+    {"exit_code": 0.0},
+    {"exit_code": 2.5},
+    {"exit_code": True},
+    {"exit_code": "12a"},
+    {"outcome": None},
+    {"outcome": "unknown"},
+    {},
+    {"note": "nothing said"},
+]
+
+
+def _odd_runs(em: Emitter) -> None:
+    """Runs with every kind of string the JSON renderers could disagree on, and every exit rule."""
+    for n, exit_payload in enumerate(EXITS):
+        task = f"odd-{n:02d}-{NAME}" if n % 2 else f"Odd-{n:02d}-É"
+        em.emit(task, "task_started", span_id="root", actor=NAME, payload={"text": ODD, "n": n})
+        em.emit(task, "phase_enter", span_id="p", parent_span_id="root", actor="runner", phase="executing")
+        em.emit(
+            task,
+            "work_item_started",
+            span_id=f"w{NAME}",
+            parent_span_id="p",
+            actor="runner",
+            phase="executing",
+            payload={"work_item_id": NAME, "work_type": 'unit "t"', "big": 2**60, "f": 1.5e-7},
+        )
+        em.emit(
+            task,
+            "work_item_progress",
+            span_id=f"w{NAME}",
+            actor="runner",
+            phase="executing",
+            payload={"progress": {"done": 1, "of": 3, "note": ODD}},
+        )
+        em.emit(
+            task,
+            "work_item_failed",
+            span_id=f"w{NAME}",
+            actor="runner",
+            phase="executing",
+            payload={"error_code": 'E"1\n', "nested": [1, [2, {"x": None}]]},
+        )
+        em.emit(task, "checkpoint_commit", span_id="c", parent_span_id="p", actor="runner", payload={"n": n})
+        em.emit(task, "evidence_linked", span_id="c", actor="runner", payload={"url": f"https://x/{n}?a=b&c"})
+        em.emit(task, "runner_exit", span_id="root", actor="runner", payload=exit_payload)
+
+
+def _copy_rows(sqlite_path: str, url: str) -> None:
+    """Every row of the events, tasks and spans tables, as stored, into the (migrated) PostgreSQL store."""
+    open_pg_writer(url).close()  # creates the schema
+    src = sqlite3.connect(sqlite_path)
+    with psycopg.connect(url) as dst:
+        for table in ("task_events", "tasks", "spans"):
+            pg_columns = [
+                row[0]
+                for row in dst.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,)
+                )
+            ]
+            cur = src.execute(f"SELECT * FROM {table}")
+            columns = [d[0] for d in cur.description]
+            assert set(pg_columns) <= set(columns), (table, set(pg_columns) - set(columns))
+            picked = [columns.index(c) for c in pg_columns]
+            marks = ", ".join(["%s"] * len(pg_columns))
+            overriding = " OVERRIDING SYSTEM VALUE" if table == "task_events" else ""
+            with dst.cursor() as out:
+                out.executemany(
+                    f"INSERT INTO {table} ({', '.join(pg_columns)}){overriding} VALUES ({marks})",
+                    [tuple(row[i] for i in picked) for row in cur],
+                )
+    src.close()
+
+
+@pytest.fixture
+def both(
+    settings: Settings, postgres: PostgresServer | ExternalPostgres, request: pytest.FixtureRequest
+) -> Iterator[tuple[TestClient, TestClient]]:
+    def emit(em: Emitter) -> None:
+        simulate(em, tasks=6, concurrency=3, rate=0, seed=7, prefix="sim", leave_running=2)
+        _odd_runs(em)
+
+    ingest(settings, emit)
+    pg = settings.model_copy(update={"db": postgres.database("reads_" + request.node.name)})
+    _copy_rows(settings.db, pg.db)
+    with api_client(settings) as lite, api_client(pg) as post:
+        yield lite, post
+
+
+def _same(lite: TestClient, post: TestClient, url: str) -> dict[str, Any]:
+    a, b = lite.get(url), post.get(url)
+    assert a.status_code == b.status_code == 200, (url, a.text[:300], b.text[:300])
+    assert a.content == b.content, (url, a.text[:2000], b.text[:2000])
+    body: dict[str, Any] = orjson.loads(a.content)
+    return body
+
+
+def test_every_endpoint_answers_the_same_bytes_on_both_stores(both: tuple[TestClient, TestClient]) -> None:
+    lite, post = both
+    listed = _same(lite, post, "/api/tasks?limit=500")["tasks"]
+    task_ids = [t["task_id"] for t in listed]
+    assert len(task_ids) == 6 + len(EXITS)
+    assert any(t["failed_items"] > 0 for t in listed) and any(t["status"] == "running" for t in listed)
+
+    # The list's paging, filters and cursors.
+    page = _same(lite, post, "/api/tasks?limit=4")
+    pages = 1
+    while page["next_cursor"] is not None:
+        page = _same(lite, post, f"/api/tasks?limit=4&cursor={page['next_cursor']}")
+        pages += 1
+    assert pages == 5
+    filters = ("status=failed", "status=running", "phase=executing", "q=odd", "q=%C3%A9", "archived=false")
+    for query in filters:
+        _same(lite, post, f"/api/tasks?{query}")
+    since = sorted(t["last_at"] for t in listed)[len(listed) // 2]
+    _same(lite, post, f"/api/tasks?since={since}")
+    _same(lite, post, f"/api/tasks?until={since}")
+
+    for task in task_ids:
+        base = f"/api/tasks/{quote(task, safe='')}"
+        events = _same(lite, post, f"{base}/events?limit=1000")["events"]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        _same(lite, post, f"{base}/events?since_seq=3&limit=2")
+        _same(lite, post, f"{base}/events/latest?limit=3")
+        _same(lite, post, f"{base}/events/snapshot?limit=5")
+        _same(lite, post, f"{base}/events/phase/executing?limit=2")
+        _same(lite, post, f"{base}/checkpoints")
+        _same(lite, post, f"{base}/graph")
+        _same(lite, post, f"{base}/graph?limit=2")
+        _same(lite, post, f"{base}/overview?items=1&checkpoints=1")
+        _same(lite, post, f"{base}/spans")
+        _same(lite, post, f"{base}/spans?parent=p&limit=1")
+        _same(lite, post, f"{base}/events/find?failed=true")
+        _same(lite, post, f"{base}/events/find?q=BACKSLASH&event_type=task_started&event_type=runner_exit")
+        _same(lite, post, f"{base}/events/find?q=%22&limit=1&before_seq=7")
+
+    # The errors, in their one shape.
+    for url in ("/api/tasks/no/events", "/api/tasks/no/graph", "/api/tasks?limit=0", "/api/tasks?cursor=_"):
+        a, b = lite.get(url), post.get(url)
+        assert (a.status_code, a.content) == (b.status_code, b.content), url
+
+
+def test_both_dialects_define_the_same_statements() -> None:
+    def names(module: object) -> set[str]:
+        return {n for n in vars(module) if (n.isupper() and n[0] != "_") or n == "tasks_query"}
+
+    parts = {"EVENT_FIELDS", "EVENT_PAIRS", "SPAN_PAIRS", "CHECKPOINT_TYPES"}  # not statements
+    assert names(queries) - parts <= names(pgqueries)
+    for name in names(pgqueries):
+        value = getattr(pgqueries, name)
+        if isinstance(value, str):
+            assert "?" not in value and "INDEXED BY" not in value and "json_each" not in value, name
+
+
+def test_the_store_s_exit_status_is_the_python_rule(postgres: PostgresServer | ExternalPostgres) -> None:
+    url = postgres.database("exit_status")
+    open_pg_writer(url).close()
+    more: list[dict[str, Any]] = [{"outcome": "ok\u0085"}, {"exit_code": "+00"}, {"exit_code": "-1"}]
+    with psycopg.connect(url) as conn:
+        for payload in [*EXITS, *more, {"exit_code": 1e300}, {"outcome": 3, "exit_code": "7"}]:
+            got = conn.execute("SELECT te_exit_status(%s)", (orjson.dumps(payload).decode(),)).fetchone()
+            assert got is not None and got[0] == exit_status(payload), payload
+        for junk in ("not json", "[1]", "3"):
+            assert conn.execute("SELECT te_exit_status(%s)", (junk,)).fetchone() == (None,)
