@@ -22,8 +22,6 @@ import orjson
 
 from taskevents.api import queries as sq
 
-FIND_SCAN: Final = sq.FIND_SCAN
-
 _INTEGERS: Final = frozenset(
     {"event_id", "seq", "first_seq", "end_seq", "last_seq", "event_count", "latest_seq"}
 )
@@ -155,6 +153,7 @@ JOIN task_events AS e
   ON e.task_id = r.value ->> 0 AND e.seq BETWEEN (r.value ->> 1)::bigint AND (r.value ->> 2)::bigint
 ORDER BY e.task_id, e.seq
 """
+# A bounded walk of FIND_SCAN events (api/queries.py's, the one setting for both stores).
 # te_exit_status: pgschema migration 3's function, the rule of shared/event.py's exit_status. The CASE
 # keeps it to runner_exit events (PostgreSQL does not promise to evaluate AND left to right).
 FIND: Final = f"""

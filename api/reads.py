@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import orjson
 
+from taskevents.api import queries as window
 from taskevents.api.cursor import encode_cursor
 from taskevents.api.dialect import Connection, queries
 from taskevents.api.errors import TaskNotFound
@@ -211,7 +212,7 @@ def find(
     before_seq: int | None,
     limit: int,
 ) -> bytes:
-    """Events matching the filters, newest first, among at most q.FIND_SCAN events before `before_seq`.
+    """Events matching the filters, newest first, among at most FIND_SCAN events before `before_seq`.
 
     Seqs are 1..latest without gaps, so the window is known before it is read: `scanned_to` is its
     lowest seq, and `has_more` says that older events remain to be searched (from `scanned_to`).
@@ -219,11 +220,11 @@ def find(
     task = task_row(conn, task_id)
     before = task.latest_seq + 1 if before_seq is None else min(before_seq, task.latest_seq + 1)
     kinds = orjson.dumps(types).decode() if types else None
-    q = queries(conn)
+    scan = window.FIND_SCAN  # one setting for both stores, read when asked (tests shrink it)
     rows = conn.execute(
-        q.FIND, (task_id, before, q.FIND_SCAN, text, text, kinds, kinds, int(failed), limit + 1)
+        queries(conn).FIND, (task_id, before, scan, text, text, kinds, kinds, int(failed), limit + 1)
     ).fetchall()
-    scanned_to = max(1, before - q.FIND_SCAN)
+    scanned_to = max(1, before - scan)
     if len(rows) > limit:  # the page filled up before the window ended: go on from the last match
         del rows[limit:]
         scanned_to = rows[-1][0]

@@ -69,6 +69,29 @@ def rows(db: Path, sql: str, *params: object) -> list[tuple]:
         conn.close()
 
 
+def store_rows(settings: Settings, sql: str, *params: object) -> list[tuple]:
+    """A query's rows on the test's store, SQLite or PostgreSQL (`?` placeholders for both)."""
+    if not settings.postgres:
+        return rows(settings.sqlite_path, sql, *params)
+    import psycopg
+
+    with psycopg.connect(str(settings.db), connect_timeout=5) as conn:
+        return conn.execute(sql.replace("?", "%s"), params).fetchall()
+
+
+def store_made(settings: Settings) -> bool:
+    """The worker has created the test's store (the SQLite file; PostgreSQL's tables)."""
+    if not settings.postgres:
+        return settings.sqlite_path.exists()
+    import psycopg
+
+    try:
+        store_rows(settings, "SELECT 1 FROM tasks LIMIT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
 def stored_count(db: Path) -> int:
     """Events in the store; 0 while the worker has not created the file or its schema yet."""
     try:

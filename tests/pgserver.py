@@ -19,7 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from taskevents.ingest.localredis import free_port
+from taskevents.settings import Settings
 
 
 def find_pg_bin() -> Path | None:
@@ -190,3 +193,20 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+# A test module whose tests hold on both stores overrides `settings` with these
+# (tests/test_api_events.py, for one):
+#     @pytest.fixture(params=STORES)
+#     def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+#         return on_store(settings, request)
+STORES = ("sqlite", pytest.param("postgres", marks=pytest.mark.postgres))
+
+
+def on_store(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """`settings` on the store the test is parametrized with: its SQLite file, or a database of its
+    own on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return settings
+    server: PostgresServer | ExternalPostgres = request.getfixturevalue("postgres")  # conftest.py
+    return settings.model_copy(update={"db": server.database("t_" + request.node.name)})

@@ -24,7 +24,7 @@ from taskevents.api.live import LiveHub
 from taskevents.api.stream import WS_MAX_SIZE
 from taskevents.emitter import Emitter
 from taskevents.settings import Settings
-from tests.helpers import rows, start_worker, wait_for
+from tests.helpers import start_worker, store_made, store_rows, wait_for
 
 
 def free_port() -> int:
@@ -119,7 +119,7 @@ class Live:
         assert self.emitter.flush(10), "the emitter could not deliver to Redis"
 
     def latest_seq(self, task_id: str) -> int:
-        found = rows(self.settings.sqlite_path, "SELECT latest_seq FROM tasks WHERE task_id = ?", task_id)
+        found = store_rows(self.settings, "SELECT latest_seq FROM tasks WHERE task_id = ?", task_id)
         return found[0][0] if found else 0
 
     def wait_stored(self, task_id: str, seq: int, timeout: float = 30) -> None:
@@ -135,7 +135,7 @@ def live(
     emitter = Emitter.from_settings(settings)
     lv = Live(settings, ApiServer(api_settings or settings, sndbuf=sndbuf), worker, emitter)
     try:
-        wait_for(lambda: settings.sqlite_path.exists(), timeout=20)  # the worker creates the store
+        wait_for(lambda: store_made(settings), timeout=20)  # the worker creates the store
         lv.api.start()
         yield lv
     finally:
