@@ -142,14 +142,20 @@ def postgres() -> Iterator[PostgresServer | ExternalPostgres]:
 
 
 @pytest.fixture
-def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
-    """Settings of a test: its own queue name on the shared server and its own SQLite file."""
-    return Settings(
+def settings(redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings of a test: its own queue name on the shared server and its own SQLite file; or its
+    own PostgreSQL database, for a test parametrized over both stores with
+    `pytest.mark.parametrize("settings", STORES, indirect=True)` (tests/pgserver.py)."""
+    settings = Settings(
         redis_url=redis_server.url,
         db=tmp_path / "events.db",
         queue=f"test{next(_queue_names)}:events",
         archive_dir=tmp_path / "archive",  # never ./data/archive
     )
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return settings
+    server: PostgresServer | ExternalPostgres = request.getfixturevalue("postgres")
+    return settings.model_copy(update={"db": server.database("t_" + request.node.name)})
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from taskevents.ingest.localredis import free_port
-from taskevents.settings import Settings
 
 
 def find_pg_bin() -> Path | None:
@@ -195,18 +194,6 @@ def _alive(pid: int) -> bool:
         return True
 
 
-# A test module whose tests hold on both stores overrides `settings` with these
-# (tests/test_api_events.py, for one):
-#     @pytest.fixture(params=STORES)
-#     def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
-#         return on_store(settings, request)
+# The stores a test runs on, when it holds on both: `pytest.mark.parametrize("settings", STORES,
+# indirect=True)` gives it conftest.py's settings on its SQLite file, then on a database of its own.
 STORES = ("sqlite", pytest.param("postgres", marks=pytest.mark.postgres))
-
-
-def on_store(settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    """`settings` on the store the test is parametrized with: its SQLite file, or a database of its
-    own on the session's PostgreSQL."""
-    if request.param == "sqlite":
-        return settings
-    server: PostgresServer | ExternalPostgres = request.getfixturevalue("postgres")  # conftest.py
-    return settings.model_copy(update={"db": server.database("t_" + request.node.name)})

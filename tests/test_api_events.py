@@ -9,15 +9,9 @@ from taskevents import lifecycle as lc
 from taskevents.emitter import Emitter
 from taskevents.settings import Settings
 from tests.api_helpers import TestClient, ingest, seqs, stored
-from tests.pgserver import STORES, on_store
+from tests.pgserver import STORES
 
-pytestmark = pytest.mark.redis_server
-
-
-@pytest.fixture(params=STORES)
-def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    """Every test here runs on SQLite and on PostgreSQL."""
-    return on_store(settings, request)
+pytestmark = [pytest.mark.redis_server, pytest.mark.parametrize("settings", STORES, indirect=True)]
 
 
 PHASE_OF = ("planning", "executing", None, "executing", "verifying")  # event i has PHASE_OF[i % 5]

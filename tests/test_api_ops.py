@@ -21,6 +21,7 @@ from taskevents.schema import SCHEMA_VERSION
 from taskevents.settings import Settings
 from tests.api_helpers import TestClient, api_client, emitter, stored
 from tests.helpers import start_worker, wait_for
+from tests.pgserver import STORES
 
 pytestmark = pytest.mark.redis_server
 
@@ -183,7 +184,7 @@ def test_the_pool_is_bounded(settings: Settings) -> None:
 
 def start_api(settings: Settings, port: int) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "taskevents.api", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--db", str(settings.sqlite_path), "--redis-url", settings.redis_url, "--queue", settings.queue]
+    argv += ["--db", str(settings.db), "--redis-url", settings.redis_url, "--queue", settings.queue]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -210,6 +211,7 @@ def api_process(settings: Settings) -> Iterator[str]:
     assert "Application shutdown complete" in err.decode()
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_the_process_starts_before_the_store_and_serves_once_the_worker_made_it(
     settings: Settings, api_process: str
 ) -> None:
@@ -230,6 +232,7 @@ def test_the_process_starts_before_the_store_and_serves_once_the_worker_made_it(
             worker.wait(15)
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_readers_never_see_a_gap_while_the_worker_ingests(settings: Settings, api_process: str) -> None:
     small_batches = settings.model_copy(update={"batch_size": 7})  # many commits while reading
     tasks, per_task = [f"task-{i}" for i in range(4)], 600

@@ -13,16 +13,10 @@ from taskevents.api import queries
 from taskevents.settings import Settings
 from taskevents.simulate import simulate, simulate_big_run
 from tests.api_helpers import TestClient, ingest
-from tests.pgserver import STORES, on_store
+from tests.pgserver import STORES
 from tests.stream_helpers import FrameParser, live
 
-pytestmark = pytest.mark.redis_server
-
-
-@pytest.fixture(params=STORES)
-def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    """Every test here runs on SQLite and on PostgreSQL."""
-    return on_store(settings, request)
+pytestmark = [pytest.mark.redis_server, pytest.mark.parametrize("settings", STORES, indirect=True)]
 
 
 def big(settings: Settings, events: int = 3_000, spans: int = 300) -> str:

@@ -6,6 +6,7 @@ PostgreSQL store: every column the same, created_at included, so any difference 
 """
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -14,14 +15,18 @@ import orjson
 import psycopg
 import pytest
 
+from taskevents import pgschema
 from taskevents.api import pgqueries, queries
+from taskevents.api.store import QueryTimeout, StoreUnavailable
 from taskevents.emitter import Emitter
 from taskevents.event import exit_status
 from taskevents.pgdb import open_pg_writer
 from taskevents.settings import Settings
 from taskevents.simulate import simulate
-from tests.api_helpers import TestClient, api_client, ingest
-from tests.pgserver import ExternalPostgres, PostgresServer
+from tests.api_helpers import TestClient, api_client, ingest, stored
+from tests.helpers import wait_for
+from tests.pgserver import ExternalPostgres, PostgresServer, running
+from tests.test_api_ops import sample
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis_server]
 
@@ -196,3 +201,77 @@ def test_the_store_s_exit_status_is_the_python_rule(postgres: PostgresServer | E
             assert got is not None and got[0] == exit_status(payload), payload
         for junk in ("not json", "[1]", "3"):
             assert conn.execute("SELECT te_exit_status(%s)", (junk,)).fetchone() == (None,)
+
+
+def _on_pg(settings: Settings, url: str) -> Settings:
+    return settings.model_copy(update={"db": url})
+
+
+def test_readiness_and_metrics_read_a_postgresql_store(
+    settings: Settings, postgres: PostgresServer | ExternalPostgres, request: pytest.FixtureRequest
+) -> None:
+    pg = _on_pg(settings, postgres.database("ready_" + request.node.name))
+    with api_client(pg) as http:
+        body = http.get("/api/ready").json()
+        assert body["code"] == "store_unavailable" and "not initialised" in body["store"]["detail"]
+        stored(pg, *({"task_id": "t", "event_type": "runner_heartbeat", "span_id": "r"} for _ in range(3)))
+        answer = http.get("/api/ready")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["store"] | {"last_commit_at": None} == {
+            "ok": True,
+            "schema_version": pgschema.SCHEMA_VERSION,
+            "last_commit_at": None,
+            "detail": None,
+        }
+        text = http.get("/metrics").text
+        assert (
+            sample(text, "taskevents_store_up") == 1 and sample(text, "taskevents_worker_ingested_total") == 3
+        )
+        assert 0 <= sample(text, "taskevents_store_last_commit_age_seconds") < 60
+        assert "password" not in answer.text
+
+
+def test_the_api_s_sessions_cannot_write(
+    settings: Settings, postgres: PostgresServer | ExternalPostgres, request: pytest.FixtureRequest
+) -> None:
+    pg = _on_pg(settings, postgres.database("ro_" + request.node.name))
+    stored(pg, {"task_id": "t", "event_type": "runner_spawn", "span_id": "r"})
+    with api_client(pg) as http:
+        store = http.app.state.store  # type: ignore[attr-defined]
+        for write in ("UPDATE tasks SET status = 'failed'", "DELETE FROM task_events"):
+            with pytest.raises(StoreUnavailable, match="read-only transaction"), store.transaction() as conn:
+                conn.execute(write)
+        for _ in range(50):
+            assert http.get("/api/tasks/t/events").json()["events"][0]["event_type"] == "runner_spawn"
+        assert store.opened <= 2  # sessions are kept, not opened per read (a second at start-up)
+
+
+def test_a_read_past_its_limit_is_stopped_by_the_server(
+    settings: Settings, postgres: PostgresServer | ExternalPostgres, request: pytest.FixtureRequest
+) -> None:
+    pg = _on_pg(settings, postgres.database("slow_" + request.node.name))
+    stored(pg, {"task_id": "t", "event_type": "runner_spawn", "span_id": "r"})
+    with api_client(pg.model_copy(update={"query_timeout": 0.2})) as http:
+        store = http.app.state.store  # type: ignore[attr-defined]
+        started = time.monotonic()
+        with pytest.raises(QueryTimeout), store.transaction() as conn:
+            conn.execute("SELECT pg_sleep(5)")
+        assert time.monotonic() - started < 2
+        assert http.get("/api/tasks/t/events").status_code == 200  # the session is still good
+
+
+def test_reads_answer_503_while_the_server_is_down_and_recover_after(settings: Settings) -> None:
+    with running() as server:
+        pg = _on_pg(settings, server.database("down"))
+        stored(pg, *({"task_id": "t", "event_type": "runner_heartbeat", "span_id": "r"} for _ in range(3)))
+        with api_client(pg) as http:
+            assert http.get("/api/tasks/t/events").status_code == 200
+            server.stop()
+            for _ in range(3):  # the pooled session is gone, and no new one can be made
+                answer = http.get("/api/tasks/t/events")
+                assert answer.status_code == 503 and answer.json()["code"] == "store_unavailable", answer.text
+            assert http.get("/api/ready").status_code == 503
+            server.start()
+            wait_for(lambda: http.get("/api/tasks/t/events").status_code == 200, timeout=30, interval=0.2)
+            assert [e["seq"] for e in http.get("/api/tasks/t/events").json()["events"]] == [1, 2, 3]
+            assert http.get("/api/ready").status_code == 200

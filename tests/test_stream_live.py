@@ -11,7 +11,7 @@ import redis
 
 from taskevents.settings import Settings
 from tests.helpers import wait_for
-from tests.pgserver import STORES, on_store
+from tests.pgserver import STORES
 from tests.stream_helpers import (
     Frame,
     FrameParser,
@@ -21,13 +21,7 @@ from tests.stream_helpers import (
     small_receive_buffer_client,
 )
 
-pytestmark = pytest.mark.redis_server
-
-
-@pytest.fixture(params=STORES)
-def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    """Every test here runs on SQLite and on PostgreSQL."""
-    return on_store(settings, request)
+pytestmark = [pytest.mark.redis_server, pytest.mark.parametrize("settings", STORES, indirect=True)]
 
 
 def _reader(client: httpx.Client, url: str, out: list[Frame], **kwargs: Any) -> threading.Thread:

@@ -8,16 +8,10 @@ import httpx
 import pytest
 
 from taskevents.settings import Settings
-from tests.pgserver import STORES, on_store
+from tests.pgserver import STORES
 from tests.stream_helpers import ApiServer, FrameParser, Live, event_seqs, live, read_frames
 
-pytestmark = pytest.mark.redis_server
-
-
-@pytest.fixture(params=STORES)
-def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    """Every test here runs on SQLite and on PostgreSQL."""
-    return on_store(settings, request)
+pytestmark = [pytest.mark.redis_server, pytest.mark.parametrize("settings", STORES, indirect=True)]
 
 
 @pytest.mark.slow
