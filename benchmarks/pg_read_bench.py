@@ -106,7 +106,7 @@ def main() -> None:
             say(f"store {size:,} events: copying into PostgreSQL")
             copied = copy_store(path, url)
             say(f"  copied in {copied:.1f} s")
-            stores = {
+            stores: dict[str, ReadStore | PgReadStore] = {
                 "sqlite": ReadStore(path, size=1),
                 "postgresql": PgReadStore(url, f"reads_{size}", size=1),
             }
