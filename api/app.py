@@ -28,7 +28,6 @@ from taskevents.api.metrics import MetricsMiddleware, RequestMetrics, WorkerColl
 from taskevents.api.store import DEFAULT_POOL_SIZE, ReadStore, StoreReader, StoreUnavailable
 from taskevents.api.ui import UiAssets, default_dist, ui_router
 from taskevents.api.worker_report import redis_client
-from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 
 log = logging.getLogger("taskevents.api")
@@ -85,7 +84,7 @@ def create_app(
     app.state.reads = ReadRunner(app.state.loop_store, app.state.store)
     app.state.redis = redis_client(settings)
     app.state.registry = CollectorRegistry(auto_describe=False)
-    app.state.registry.register(WorkerCollector(app.state.redis, QueueKeys(settings.queue), app.state.store))
+    app.state.registry.register(WorkerCollector(app.state.redis, settings, app.state.store))
 
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=RequestMetrics(app.state.registry))

@@ -6,10 +6,17 @@ from fastapi.responses import JSONResponse
 
 from taskevents.api import reads
 from taskevents.api.deps import AppSettings, RedisClient, Store
-from taskevents.api.models import Health, QueueStatus, Readiness, RedisStatus, StoreStatus, WorkerStatus
+from taskevents.api.models import (
+    Health,
+    PartitionStatus,
+    QueueStatus,
+    Readiness,
+    RedisStatus,
+    StoreStatus,
+    WorkerStatus,
+)
 from taskevents.api.store import StoreUnavailable
-from taskevents.api.worker_report import read_worker_report
-from taskevents.keys import QueueKeys
+from taskevents.api.worker_report import WorkerReport, combined, read_partition_reports
 
 router = APIRouter(tags=["operations"])
 
@@ -28,26 +35,31 @@ async def health(request: Request) -> Response:
 def ready(store: Store, client: RedisClient, settings: AppSettings) -> Response:
     """Can this process serve? 200 while the store is readable (with the schema this API reads), else
     503. Also reports, without failing on them: Redis reachable, the queue's depth, in-flight events and
-    dead letters, the worker's heartbeat age, counters and store error, and the standby workers."""
+    dead letters, the worker's heartbeat age, counters and store error, and the standby workers: for a
+    partitioned queue, added up over the partitions (a heartbeat only if every partition has one), and
+    each partition's own under `partitions`."""
     try:
         version = store.check()
         last = store.run(reads.last_commit_at)
         store_status = StoreStatus(ok=True, schema_version=version, last_commit_at=last)
     except StoreUnavailable as exc:
         store_status = StoreStatus(ok=False, detail=str(exc))
+    partitions: list[PartitionStatus] | None = None
     try:
-        report = read_worker_report(client, QueueKeys(settings.queue))
+        reports = read_partition_reports(client, settings)
+        report = combined(reports)
         redis_status = RedisStatus(ok=True)
         queue = QueueStatus(depth=report.depth, in_flight=report.in_flight, dead_letters=report.dead_letters)
-        age = report.heartbeat_age
-        worker = WorkerStatus(
-            alive=report.heartbeat is not None,
-            heartbeat_age_seconds=round(age, 3) if age is not None else None,
-            heartbeat=report.heartbeat,
-            store_error=report.store_error,
-            standbys=report.standbys,
-            counters=report.counters,
-        )
+        worker = _worker_status(report)
+        if len(reports) > 1:
+            partitions = [
+                PartitionStatus(
+                    partition=n,
+                    queue=QueueStatus(depth=r.depth, in_flight=r.in_flight, dead_letters=r.dead_letters),
+                    worker=_worker_status(r),
+                )
+                for n, r in enumerate(reports)
+            ]
     except redis.RedisError as exc:
         redis_status = RedisStatus(
             ok=False, detail=f"Redis unreachable at {_safe_url(settings.redis_url)}: {exc}"
@@ -59,6 +71,9 @@ def ready(store: Store, client: RedisClient, settings: AppSettings) -> Response:
         problems.append(f"store: {store_status.detail}")
     if not redis_status.ok:
         problems.append(f"redis: {redis_status.detail}")
+    elif partitions is not None and any(not p.worker.alive for p in partitions):
+        idle = ", ".join(str(p.partition) for p in partitions if not p.worker.alive)
+        problems.append(f"worker: no heartbeat in partition {idle} (no worker is running, or it is stuck)")
     elif worker is not None and not worker.alive:
         problems.append("worker: no heartbeat (no worker is running, or it is stuck)")
     elif worker is not None and worker.store_error:
@@ -75,11 +90,24 @@ def ready(store: Store, client: RedisClient, settings: AppSettings) -> Response:
         redis=redis_status,
         queue=queue,
         worker=worker,
+        partitions=partitions,
     )
     return Response(
         body.model_dump_json().encode(),
         status_code=200 if store_status.ok else 503,
         media_type="application/json",
+    )
+
+
+def _worker_status(report: WorkerReport) -> WorkerStatus:
+    age = report.heartbeat_age
+    return WorkerStatus(
+        alive=report.heartbeat is not None,
+        heartbeat_age_seconds=round(age, 3) if age is not None else None,
+        heartbeat=report.heartbeat,
+        store_error=report.store_error,
+        standbys=report.standbys,
+        counters=report.counters,
     )
 
 

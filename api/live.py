@@ -1,9 +1,10 @@
 """The live feed of one API process: one Redis subscription, fanned out to every streaming client.
 
 The worker PUBLISHes a CommitNotice (shared/messages.py: `{"batch": N, "tasks": {task_id:
-[first_seq, last_seq]}}`) on `<queue>:commits` after each commit. The hub holds ONE subscription to
-it; for each notification it reads the new rows of the tasks somebody is watching from the store once
-(one statement, on a worker thread) and hands the same event objects to each of their subscriptions.
+[first_seq, last_seq]}}`) on `<queue>:commits` after each commit (each partition's worker on its
+own, `{<queue>:<P>}:commits`). The hub holds ONE subscription to them all; for each notification it
+reads the new rows of the tasks somebody is watching from the store once (one statement, on a worker
+thread) and hands the same event objects to each of their subscriptions.
 Notifications that arrive while a read is in progress are merged, so a busy hub reads less often, in
 larger ranges.
 
@@ -40,7 +41,7 @@ from redis.exceptions import RedisError
 from taskevents.api.livereads import Head, events_after, events_in_ranges, head, heads
 from taskevents.api.reads import tasks_by_id
 from taskevents.api.store import StoreReader
-from taskevents.keys import QueueKeys
+from taskevents.keys import QueueKeys, partition_queues
 from taskevents.messages import CommitNotice
 from taskevents.settings import Settings
 
@@ -183,7 +184,9 @@ class LiveHub:
     def __init__(self, settings: Settings, store: StoreReader) -> None:
         self.settings = settings
         self.store = store
-        self.channel = QueueKeys(settings.queue).commits
+        # Every partition's worker announces its commits on its own channel (one, unpartitioned).
+        queues = partition_queues(settings.queue, settings.partitions)
+        self.channels = [QueueKeys(queue).commits for queue in queues]
         self.closed = False
         self._subs: dict[str, set[Subscription]] = {}
         self._last_news: dict[str, float] = {}  # task_id -> monotonic time of its last notification
@@ -287,11 +290,12 @@ class LiveHub:
             )
             pubsub = client.pubsub()
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(*self.channels)
                 async for message in self._messages(pubsub):
-                    if message["type"] == "subscribe":
-                        # A first subscription or a silent reconnect by redis-py: notifications
-                        # published in between are lost, so every subscription reads the store.
+                    if message["type"] == "subscribe" and message["data"] == len(self.channels):
+                        # A first subscription or a silent reconnect by redis-py (once the last
+                        # partition's channel is subscribed): notifications published in between
+                        # are lost, so every subscription reads the store.
                         self.subscribed += 1
                         backoff = BACKOFF_FIRST
                         self._catch_up_everyone()

@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskevents.api import reads
 from taskevents.api.store import StoreReader, StoreUnavailable
-from taskevents.api.worker_report import read_worker_report
-from taskevents.keys import QueueKeys
+from taskevents.api.worker_report import combined, read_partition_reports
+from taskevents.settings import Settings
 
 log = logging.getLogger("taskevents.api.metrics")
 
@@ -80,9 +80,9 @@ class MetricsMiddleware:
 class WorkerCollector:
     """The worker's counters, queue depth and heartbeat age from Redis; the store's last commit."""
 
-    def __init__(self, client: redis.Redis, keys: QueueKeys, store: StoreReader) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, store: StoreReader) -> None:
         self.client = client
-        self.keys = keys
+        self.settings = settings
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
@@ -94,13 +94,14 @@ class WorkerCollector:
             "taskevents_redis_up", "1 if the API could read the worker's state from Redis."
         )
         try:
-            report = read_worker_report(self.client, self.keys)
+            reports = read_partition_reports(self.client, self.settings)
         except redis.RedisError as exc:
             log.debug("metrics: Redis unreachable: %s", exc)
             up.add_metric([], 0)
             return [up]
         up.add_metric([], 1)
         out: list[Metric] = [up]
+        report = combined(reports)  # a partitioned queue's totals; each partition's below
         for name, value in sorted(report.counters.model_dump().items()):
             counter = CounterMetricFamily(
                 f"taskevents_worker_{name}", f"The worker's `{name}` counter (<queue>:worker:stats)."
@@ -128,7 +129,7 @@ class WorkerCollector:
             _gauge("taskevents_dead_letters", "Events set aside in <queue>:dead.", report.dead_letters),
             _gauge(
                 "taskevents_worker_up",
-                "1 if the worker's heartbeat is present.",
+                "1 if the worker's heartbeat is present (every partition's, when partitioned).",
                 report.heartbeat is not None,
             ),
             _gauge(
@@ -140,6 +141,21 @@ class WorkerCollector:
                 "taskevents_worker_standbys", "Workers waiting to take over the queue.", len(report.standbys)
             ),
         ]
+        if len(reports) > 1:
+            depth = GaugeMetricFamily(
+                "taskevents_partition_queue_depth",
+                "Events waiting in the partition's list.",
+                labels=["partition"],
+            )
+            alive = GaugeMetricFamily(
+                "taskevents_partition_worker_up",
+                "1 if the partition's worker's heartbeat is present.",
+                labels=["partition"],
+            )
+            for n, part in enumerate(reports):
+                depth.add_metric([str(n)], part.depth)
+                alive.add_metric([str(n)], part.heartbeat is not None)
+            out += [depth, alive]
         age = report.heartbeat_age
         if age is not None:
             out.append(

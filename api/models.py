@@ -211,6 +211,12 @@ class WorkerStatus(BaseModel):
     )
 
 
+class PartitionStatus(BaseModel):
+    partition: int = Field(description="The partition (TASKEVENTS_PARTITIONS > 1).")
+    queue: QueueStatus
+    worker: WorkerStatus
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "degraded", "unavailable"] = Field(
         description="ready: all checks pass; degraded: the store is readable but Redis or the worker "
@@ -223,6 +229,9 @@ class Readiness(BaseModel):
     redis: RedisStatus
     queue: QueueStatus | None = None
     worker: WorkerStatus | None = None
+    partitions: list[PartitionStatus] | None = Field(
+        None, description="Each partition's queue and worker, when the queue is partitioned."
+    )
 
 
 ERRORS_400: dict[int | str, dict[str, Any]] = {

@@ -13,7 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from taskevents.keys import QueueKeys
+from taskevents.keys import QueueKeys, partition_queues
 from taskevents.messages import Heartbeat, WorkerStats
 from taskevents.settings import Settings
 
@@ -77,4 +77,37 @@ def read_worker_report(client: redis.Redis, keys: QueueKeys) -> WorkerReport:
         heartbeat,
         WorkerStats.from_hash(stats),
         [s.decode("utf-8", "replace") for s in standbys],
+    )
+
+
+def read_partition_reports(client: redis.Redis, settings: Settings) -> list[WorkerReport]:
+    """Every partition's report, in partition order (one, unpartitioned, by default). One round trip
+    per partition: its keys share a Redis Cluster slot, the partitions' keys do not."""
+    return [
+        read_worker_report(client, QueueKeys(queue))
+        for queue in partition_queues(settings.queue, settings.partitions)
+    ]
+
+
+def combined(reports: list[WorkerReport]) -> WorkerReport:
+    """The deployment's report from its partitions': depths, counters and standbys added up; a
+    heartbeat only if every partition has one (the oldest, so its age is the worst); the first store
+    error any partition's worker reports."""
+    if len(reports) == 1:
+        return reports[0]
+    beats = [r.heartbeat for r in reports]
+    heartbeat = None if any(b is None for b in beats) else min(beats, key=lambda b: b.at if b else 0.0)
+    errors = [r.store_error for r in reports if r.store_error is not None]
+    if heartbeat is not None and errors and heartbeat.store_error is None:
+        heartbeat = next(r.heartbeat for r in reports if r.store_error is not None)
+    counters = WorkerStats()
+    for report in reports:
+        counters = counters + report.counters
+    return WorkerReport(
+        sum(r.depth for r in reports),
+        sum(r.in_flight for r in reports),
+        sum(r.dead_letters for r in reports),
+        heartbeat,
+        counters,
+        [standby for r in reports for standby in r.standbys],
     )

@@ -24,6 +24,11 @@ def partition_queue(queue: str, partition: int, partitions: int) -> str:
     return queue if partitions == 1 else f"{{{queue}:{partition}}}"
 
 
+def partition_queues(queue: str, partitions: int) -> list[str]:
+    """Every partition's list, in partition order (the readiness check, metrics, the live stream)."""
+    return [partition_queue(queue, p, partitions) for p in range(partitions)]
+
+
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
     queue: str

@@ -252,3 +252,70 @@ def test_a_push_lost_part_way_is_sent_again_whole_and_each_repeat_carries_its_ev
     for events in by_list.values():  # each list's distinct events in the order they were emitted
         first_seen = list(dict.fromkeys(e["payload"]["i"] for e in events))
         assert first_seen == sorted(first_seen)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis_server
+def test_readiness_metrics_and_the_live_stream_cover_every_partition(
+    pg: PostgresServer | ExternalPostgres, settings: Settings, client: redis.Redis
+) -> None:
+    import httpx
+
+    from tests.api_helpers import api_client
+    from tests.stream_helpers import ApiServer, FrameParser
+    from tests.test_api_ops import sample
+
+    settings = _partitioned(pg, settings, "parts_api", 2)
+    tasks = {p: next(f"t{i}" for i in range(100) if partition_of(f"t{i}", 2) == p) for p in range(2)}
+    workers = [start_worker(_of(settings, 0))]
+    try:
+        wait_for(lambda: client.exists(QueueKeys(_of(settings, 0).partition_queue).heartbeat), timeout=30)
+        with api_client(settings) as http:
+            body = http.get("/api/ready").json()
+            assert body["status"] == "degraded" and "no heartbeat in partition 1" in body["detail"], body
+            assert [p["worker"]["alive"] for p in body["partitions"]] == [True, False]
+            workers.append(start_worker(_of(settings, 1)))
+            wait_for(lambda: http.get("/api/ready").json()["status"] == "ready", timeout=30)
+            text = http.get("/metrics").text
+            assert sample(text, "taskevents_partition_worker_up", partition="1") == 1
+            assert sample(text, "taskevents_worker_up") == 1
+
+        # A stream of a task in each partition: every event within moments of its commit, so by the
+        # commit notices of both partitions' channels, not by the streams' safety-net poll.
+        server = ApiServer(settings.model_copy(update={"stream_poll": 1000.0}))
+        server.start()
+        em = Emitter.from_settings(settings)
+        try:
+            for task in tasks.values():
+                em.emit(task, "runner_spawn", span_id="r", actor="runner")
+            assert em.flush(5)
+            with httpx.Client(base_url=server.url, timeout=10) as http:
+                for task in tasks.values():
+                    wait_for(lambda t=task: http.get(f"/api/tasks/{t}/events").status_code == 200, timeout=30)
+                with (
+                    http.stream("GET", f"/sse/tasks/{tasks[0]}/events?since_seq=1") as first,
+                    http.stream("GET", f"/sse/tasks/{tasks[1]}/events?since_seq=1") as second,
+                ):
+                    wait_for(lambda: server.hub.subscription_count == 2, timeout=10)
+                    before = server.hub.notifications
+                    started = time.monotonic()
+                    for task in tasks.values():
+                        em.emit(task, "runner_heartbeat", span_id="r", actor="runner")
+                    assert em.flush(5)
+                    for response in (first, second):
+                        parser = FrameParser()
+                        events = []
+                        for chunk in response.iter_raw():
+                            events += [f for f in parser.feed(chunk) if f.event == "task_event"]
+                            if events:
+                                break
+                        assert orjson.loads(events[0].data or "{}")["seq"] == 2
+                    assert time.monotonic() - started < 10  # the safety-net poll is 1,000 s away
+                    assert server.hub.notifications >= before + 2  # one from each partition's worker
+        finally:
+            em.close(5)
+            server.stop()
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.wait(20)
