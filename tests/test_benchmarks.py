@@ -133,3 +133,23 @@ def test_pg_ingest_bench_quick_stores_every_event_partitioned_and_counts_each_pa
     assert pg["postgres_us"] > 0 and sqlite["postgres_us"] < pg["postgres_us"] / 10  # its server's CPU
     assert sqlite["redis_us"] > 0 and pg["worker_us"] > 0 and two["worker_us"] > 0
     assert "| PostgreSQL, 2 |" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_pg_read_bench_small_stores_give_the_same_bytes_from_both(tmp_path: Path) -> None:
+    output = tmp_path / "reads.json"
+    args = ["--sizes", "2000,20000", "--reps", "1", "--calls", "20", "--graph-calls", "5"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "pg_read_bench.py"), *args,
+         "--cache-dir", str(tmp_path / "stores"), "--output", str(output)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = orjson.loads(output.read_bytes())
+    assert results["same_bytes"] is True
+    for store in ("sqlite", "postgresql"):
+        assert all(
+            results["stores"]["20000"][store][read]["median_ms"] > 0 for read in ("page", "snapshot", "graph")
+        )
+    assert "| graph (ms, median) |" in done.stdout

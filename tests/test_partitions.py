@@ -9,10 +9,12 @@ import sys
 import time
 import zlib
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import fakeredis
+import httpx
 import orjson
 import pytest
 import redis
@@ -254,6 +256,10 @@ def test_a_push_lost_part_way_is_sent_again_whole_and_each_repeat_carries_its_ev
         assert first_seen == sorted(first_seen)
 
 
+def _answers(http: httpx.Client, url: str) -> bool:
+    return http.get(url).status_code == 200
+
+
 @pytest.mark.postgres
 @pytest.mark.redis_server
 def test_readiness_metrics_and_the_live_stream_cover_every_partition(
@@ -291,7 +297,7 @@ def test_readiness_metrics_and_the_live_stream_cover_every_partition(
             assert em.flush(5)
             with httpx.Client(base_url=server.url, timeout=10) as http:
                 for task in tasks.values():
-                    wait_for(lambda t=task: http.get(f"/api/tasks/{t}/events").status_code == 200, timeout=30)
+                    wait_for(partial(_answers, http, f"/api/tasks/{task}/events"), timeout=30)
                 with (
                     http.stream("GET", f"/sse/tasks/{tasks[0]}/events?since_seq=1") as first,
                     http.stream("GET", f"/sse/tasks/{tasks[1]}/events?since_seq=1") as second,
