@@ -109,3 +109,37 @@ def test_the_image_installs_what_it_runs() -> None:
     assert installs and all("[server,postgres]" in line for line in installs), installs
     for folder in ("shared", "ingest", "api"):
         assert f"COPY {folder} ./{folder}" in dockerfile
+
+
+def test_the_postgres_profile_runs_one_worker_per_partition_and_the_api_on_one_store(
+    services: dict[str, Any],
+) -> None:
+    profiled = {name for name, service in services.items() if "postgres" in service.get("profiles", [])}
+    workers = sorted(name for name in profiled if name.startswith("pg-worker-"))
+    assert profiled == {"postgres", "pg-api", *workers}
+    env = services["pg-api"]["environment"]
+    assert env["TASKEVENTS_DB"].startswith("postgresql://") and env["TASKEVENTS_DB"].endswith(
+        "@postgres:5432/taskevents"
+    )
+    assert int(env["TASKEVENTS_PARTITIONS"]) == len(workers) >= 2
+    assert argv(services["pg-api"]["command"]) == procfile()["api"]
+    partitions = []
+    for name in workers:
+        service = services[name]
+        command = argv(service["command"])
+        # The Procfile's worker, given its partition; checked as that partition's worker.
+        assert command[:-2] == procfile()["worker"] and command[-2] == "--partition", command
+        partitions.append(int(command[-1]))
+        assert healthcheck_argv(service["healthcheck"]["test"]) == [
+            *procfile()["worker"],
+            "--check",
+            *command[-2:],
+        ]
+        for key in ("TASKEVENTS_DB", "TASKEVENTS_QUEUE", "TASKEVENTS_PARTITIONS", "TASKEVENTS_REDIS_URL"):
+            assert service["environment"][key] == env[key], (name, key)
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert partitions == list(range(len(workers)))  # each partition's worker, once
+    # Its own queue name: the SQLite stack's events are not the partitioned workers' strays.
+    assert env["TASKEVENTS_QUEUE"] != services["worker"]["environment"].get(
+        "TASKEVENTS_QUEUE", "taskevents:events"
+    )
