@@ -5,6 +5,8 @@ State on `app.state`, for every router (the live stream's too):
 - `store`: the pool of read-only connections (`store.run(read, *args)` on a thread): a ReadStore for
   SQLite (api/store.py), a PgReadStore for PostgreSQL (api/pgstore.py);
 - `loop_store`: one read-only connection for reads made inline on the event loop (SQLite only);
+- `primary`: with a PostgreSQL replica (TASKEVENTS_DB_READ_URL), the primary's pool, which the live
+  stream reads when the replica lags; else None;
 - `reads`: the ReadRunner endpoints read with (inline while short, else on the pool's threads);
 - `redis`: a Redis client with short timeouts (for checks; it never blocks a request for long);
 - `registry`: the Prometheus registry served at /metrics.
@@ -70,12 +72,22 @@ def create_app(
 
         # A read over the network would hold the event loop for its round trips: every read goes to
         # the pool's threads (psycopg waits for the server without the GIL).
-        app.state.store = PgReadStore(
+        primary = PgReadStore(
             str(settings.db), settings.store_name, size=pool_size, timeout=settings.query_timeout
         )
+        if settings.db_read_url is not None and settings.replica_name is not None:
+            # Every read goes to the replica; the live stream reads the primary what the replica
+            # has not replayed yet (api/live.py).
+            app.state.store = PgReadStore(
+                settings.db_read_url, settings.replica_name, size=pool_size, timeout=settings.query_timeout
+            )
+            app.state.primary = primary
+        else:
+            app.state.store, app.state.primary = primary, None
         app.state.loop_store = None
     else:
         app.state.store = ReadStore(settings.sqlite_path, size=pool_size, timeout=settings.query_timeout)
+        app.state.primary = None
         # The event loop's own connection, for the short reads endpoints make inline (api/tasks.py):
         # the loop runs one read at a time, so it never waits for a connection the threads hold.
         app.state.loop_store = ReadStore(settings.sqlite_path, size=1, timeout=settings.query_timeout)
@@ -117,8 +129,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         store.close()
-        if app.state.loop_store is not None:
-            app.state.loop_store.close()
+        for other in (app.state.loop_store, app.state.primary):
+            if other is not None:
+                other.close()
         app.state.redis.close()
 
 

@@ -13,8 +13,11 @@ from taskevents.settings import Settings
     "api",
     epilog=env_help(
         "db",
+        "db_read_url",
+        "replica_wait",
         "redis_url",
         "queue",
+        "partitions",
         "archive_dir",
         "api_host",
         "api_port",

@@ -32,7 +32,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
@@ -181,9 +181,13 @@ class LiveHub:
     Use as `async with LiveHub(settings, store) as hub:` (the API's lifespan does).
     """
 
-    def __init__(self, settings: Settings, store: StoreReader) -> None:
+    def __init__(self, settings: Settings, store: StoreReader, primary: StoreReader | None = None) -> None:
         self.settings = settings
         self.store = store
+        # With a replica (TASKEVENTS_DB_READ_URL), `store` reads it and `primary` the primary: what a
+        # notification announces is read from the replica once it has replayed the commit, else from
+        # the primary (`_serving`), so no client hears of an event the replica cannot serve yet.
+        self.primary = primary
         # Every partition's worker announces its commits on its own channel (one, unpartitioned).
         queues = partition_queues(settings.queue, settings.partitions)
         self.channels = [QueueKeys(queue).commits for queue in queues]
@@ -191,6 +195,8 @@ class LiveHub:
         self._subs: dict[str, set[Subscription]] = {}
         self._last_news: dict[str, float] = {}  # task_id -> monotonic time of its last notification
         self._inbox: dict[str, tuple[int, int]] = {}  # merged notifications not yet fanned out
+        self._inbox_wal: _Wal = None  # the WAL position the inbox's reads need (replicas only)
+        self._changed_wal: _Wal = None  # the same for the task lists' changes
         self._news = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # The task list's live feed: who watches it, and which tasks changed since it was last fed.
@@ -203,6 +209,8 @@ class LiveHub:
         self.fanout_reads = 0
         self.lagged = 0
         self.polls = 0
+        self.replica_reads = 0  # fan-out reads the replica served (it had replayed the commits)
+        self.primary_reads = 0  # ... that went to the primary (the replica had not, within the wait)
 
     async def __aenter__(self) -> "LiveHub":
         self.start()
@@ -319,13 +327,16 @@ class LiveHub:
 
     def _receive(self, data: bytes) -> None:
         try:
-            ranges = CommitNotice.decode(data).tasks
+            notice = CommitNotice.decode(data)
+            wal = _wal(notice.lsn)
         except ValueError:
             log.warning("ignoring a malformed commit notification: %r", data[:200])
             return
+        ranges = notice.tasks
         self.notifications += 1
         if self._lists:
             self._changed.update(ranges)
+            self._changed_wal = _later(self._changed_wal, wal)
             self._changes.set()
         now = time.monotonic()
         for task_id, (first, last) in ranges.items():
@@ -334,6 +345,7 @@ class LiveHub:
             self._last_news[task_id] = now
             seen = self._inbox.get(task_id)
             self._inbox[task_id] = (min(first, seen[0]), max(last, seen[1])) if seen else (first, last)
+            self._inbox_wal = _later(self._inbox_wal, wal)
         if self._inbox:
             self._news.set()
 
@@ -359,10 +371,12 @@ class LiveHub:
             await self._changes.wait()
             self._changes.clear()
             changed, self._changed = self._changed, set()
+            wal, self._changed_wal = self._changed_wal, None
             if not self._lists or not changed:
                 continue
             try:
-                found = await self.read(tasks_by_id, sorted(changed))
+                store = await self._serving(wal)
+                found = await anyio.to_thread.run_sync(store.run, tasks_by_id, sorted(changed))
             except Exception as exc:
                 log.warning("reading changed tasks failed (%s): task lists resync", exc)
                 for feed in self._lists:
@@ -380,6 +394,7 @@ class LiveHub:
             await self._news.wait()
             self._news.clear()
             inbox, self._inbox = self._inbox, {}
+            wal, self._inbox_wal = self._inbox_wal, None
             wanted = []
             for task_id, (first, last) in inbox.items():
                 # Only subscriptions on the live feed that still lack some of the range need the rows.
@@ -390,7 +405,8 @@ class LiveHub:
             if not wanted:
                 continue
             try:
-                rows = await self.read(events_in_ranges, wanted)
+                store = await self._serving(wal)
+                rows = await anyio.to_thread.run_sync(store.run, events_in_ranges, wanted)
             except Exception:
                 log.exception("reading committed events failed; their subscribers will read the store")
                 for task_id, _, _ in wanted:
@@ -401,6 +417,25 @@ class LiveHub:
             for task_id, events in _by_task(rows).items():
                 for sub in list(self._subs.get(task_id, ())):
                     sub.offer(events)
+
+    async def _serving(self, wal: "_Wal") -> StoreReader:
+        """The store to read what notifications up to `wal` announced: the replica once it has
+        replayed that far (asked every REPLICA_POLL, for at most TASKEVENTS_REPLICA_WAIT), else the
+        primary. Without a replica, the one store."""
+        if self.primary is None:
+            return self.store
+        if wal is not None and wal != UNKNOWN_WAL:
+            lsn = _lsn_text(wal)
+            deadline = time.monotonic() + self.settings.replica_wait
+            while True:
+                if await anyio.to_thread.run_sync(self.store.replayed, lsn):
+                    self.replica_reads += 1
+                    return self.store
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(REPLICA_POLL)
+        self.primary_reads += 1
+        return self.primary
 
     # --- the safety net --------------------------------------------------------------------------
 
@@ -518,3 +553,29 @@ async def follow(
             await sub.wait(None if deadline is None else deadline - time.monotonic())
     finally:
         hub.unsubscribe(sub)
+
+
+# A WAL position as a number (PostgreSQL's `X/Y`, hex: X * 2**32 + Y); UNKNOWN_WAL: a notification
+# without one (SQLite's, or a batch announced again after a crash), which only the primary can serve.
+_Wal = int | None
+UNKNOWN_WAL: Final = -1
+REPLICA_POLL: Final = 0.002  # seconds between two looks at a replica's replay position
+
+
+def _wal(lsn: str | None) -> int:
+    if lsn is None:
+        return UNKNOWN_WAL
+    high, _, low = lsn.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def _later(a: _Wal, b: int) -> int:
+    if a is None:
+        return b
+    if a == UNKNOWN_WAL or b == UNKNOWN_WAL:
+        return UNKNOWN_WAL
+    return max(a, b)
+
+
+def _lsn_text(wal: int) -> str:
+    return f"{wal >> 32:X}/{wal & 0xFFFFFFFF:X}"

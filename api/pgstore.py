@@ -118,6 +118,15 @@ class PgReadStore:
             log.warning("store read failed: %s", exc)
             raise StoreUnavailable(f"the store {self.name} could not be read: {exc}") from exc
 
+    def replayed(self, lsn: str) -> bool:
+        """The server can serve what was committed up to WAL position `lsn`: a replica that has
+        replayed it, or a primary (which has it)."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)
+            ).fetchone()
+        return bool(row and row[0])
+
     def check(self) -> int:
         """The schema version of a readable store; raises StoreUnavailable otherwise (readiness)."""
         with self.transaction() as conn:

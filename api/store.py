@@ -79,6 +79,10 @@ class StoreReader(Protocol):
 
     def check(self) -> int: ...
 
+    def replayed(self, lsn: str) -> bool:
+        """Whether reads see every commit up to WAL position `lsn` (a PostgreSQL replica's question)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -169,6 +173,10 @@ class ReadStore:
                 raise
             reader.deadline = math.inf
             conn.execute("COMMIT")  # nothing was written: COMMIT just ends the snapshot
+
+    def replayed(self, lsn: str) -> bool:
+        """A SQLite file has no replicas: every reader sees every commit."""
+        return True
 
     def check(self) -> int:
         """The schema version of a readable store; raises StoreUnavailable otherwise (readiness)."""

@@ -54,7 +54,7 @@ WS_GONE = 4410  # the task is archived and its archive is gone (an SSE request g
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with LiveHub(app.state.settings, app.state.store) as hub:
+    async with LiveHub(app.state.settings, app.state.store, app.state.primary) as hub:
         app.state.live_hub = hub
         yield
 

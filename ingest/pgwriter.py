@@ -155,6 +155,9 @@ class PgStoreWriter:
                 "UPDATE ingest_state SET last_batch_id = %s, last_batch = %s WHERE part = %s",
                 (batch_id, result.to_json().decode(), self.part),
             )
+        # After the commit: a replica that has replayed this far can serve what it wrote.
+        row = self._conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        result.lsn = None if row is None else str(row[0])
         if len(self._latest) + len(task_changes) > self._cache_size:
             self._latest.clear()
         for task_id, change in task_changes.items():

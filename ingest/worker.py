@@ -575,7 +575,9 @@ class Worker:
             dead=dead,
             counters=counted.increments(),
             heartbeat=self._heartbeat(totals),
-            announce=CommitNotice.of(result.batch_id, result.tasks).encode() if result.tasks else None,
+            announce=CommitNotice.of(result.batch_id, result.tasks, result.lsn).encode()
+            if result.tasks
+            else None,
             suspects_done=suspects_done,
         )
         self._claimed.discard(slot)

@@ -59,6 +59,9 @@ class CommitResult:
     dead: list[DeadMark] = field(default_factory=list)
     dead_at: str = ""  # when the dead letters were made
     keep: int | None = None  # the bytes a dead letter keeps whole (max_element_bytes at the time)
+    # PostgreSQL: the WAL position after the commit, for replicas' readers; not stored with the batch
+    # (a batch acknowledged after a crash is announced without it, and readers then use the primary).
+    lsn: str | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(

@@ -36,14 +36,22 @@ class CommitNotice(BaseModel):
 
     batch: int = Field(description="The batch id.")
     tasks: dict[str, tuple[int, int]] = Field(description="task_id -> (first seq, last seq) stored.")
+    lsn: str | None = Field(
+        None,
+        description="PostgreSQL: the WAL position after the commit (`pg_current_wal_lsn()`), which a "
+        "replica must have replayed to serve it. Absent for SQLite, and for a batch announced again "
+        "after a crash.",
+    )
 
     @classmethod
-    def of(cls, batch: int, tasks: Mapping[str, tuple[int, int]]) -> "CommitNotice":
+    def of(cls, batch: int, tasks: Mapping[str, tuple[int, int]], lsn: str | None = None) -> "CommitNotice":
         """Built by the worker from what it just committed: trusted, so not validated again."""
-        return cls.model_construct(batch=batch, tasks=dict(tasks))
+        return cls.model_construct(batch=batch, tasks=dict(tasks), lsn=lsn)
 
     def encode(self) -> bytes:
-        return orjson.dumps({"batch": self.batch, "tasks": self.tasks})
+        if self.lsn is None:
+            return orjson.dumps({"batch": self.batch, "tasks": self.tasks})
+        return orjson.dumps({"batch": self.batch, "tasks": self.tasks, "lsn": self.lsn})
 
     @classmethod
     def decode(cls, data: bytes | str) -> "CommitNotice":

@@ -130,6 +130,14 @@ def check_postgres_url(url: str) -> str:
     return url
 
 
+def masked(url: str) -> str:
+    """A URL with its password, if any, shown as ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
 class StoreKindError(ValueError):
     """A command that works on one kind of store was given the other (SQLite file vs PostgreSQL)."""
 
@@ -140,7 +148,18 @@ class Settings(ProducerSettings, ApiClientSettings):
     db: Annotated[str, BeforeValidator(_store_location)] = Field(
         "taskevents.db",
         description="The store: a SQLite file (the embedded default) or a `postgresql://` URL "
-        "(the worker's store so far; docs/scaling.md).",
+        "(docs/scaling.md).",
+    )
+    db_read_url: str | None = Field(
+        None,
+        description="A PostgreSQL replica of TASKEVENTS_DB the API reads from (the live stream waits for "
+        "it to replay each commit, at most TASKEVENTS_REPLICA_WAIT, then reads the primary).",
+    )
+    replica_wait: float = Field(
+        0.5,
+        ge=0,
+        description="Seconds the live stream waits for the replica to replay a commit before it reads "
+        "the primary instead.",
     )
 
     batch_size: int = Field(
@@ -225,6 +244,23 @@ class Settings(ProducerSettings, ApiClientSettings):
         Path("data/redis"), description="Where `taskevents redis` keeps its append-only file."
     )
 
+    @field_validator("db_read_url")
+    @classmethod
+    def _read_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not is_postgres_url(value):
+            raise ValueError("must be a postgresql:// URL: a replica of the PostgreSQL store")
+        return check_postgres_url(value)
+
+    @model_validator(mode="after")
+    def _replica_of_postgresql(self) -> "Settings":
+        if self.db_read_url is not None and not self.postgres:
+            raise ValueError(
+                "TASKEVENTS_DB_READ_URL needs TASKEVENTS_DB to be a PostgreSQL URL (its primary)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _partition_in_range(self) -> "Settings":
         if self.partition >= self.partitions:
@@ -251,11 +287,12 @@ class Settings(ProducerSettings, ApiClientSettings):
     @property
     def store_name(self) -> str:
         """TASKEVENTS_DB as logs may show it: a URL's password masked."""
-        parts = urlsplit(str(self.db))
-        if not self.postgres or parts.password is None:
-            return str(self.db)
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return parts._replace(netloc=netloc).geturl()
+        return masked(str(self.db)) if self.postgres else str(self.db)
+
+    @property
+    def replica_name(self) -> str | None:
+        """TASKEVENTS_DB_READ_URL as logs may show it."""
+        return None if self.db_read_url is None else masked(self.db_read_url)
 
     def check_partitions(self) -> None:
         """ValueError if the store cannot take the partitioning: a SQLite file has one writer. Asked

@@ -27,8 +27,8 @@ from taskevents.ingest.localredis import free_port
 def find_pg_bin() -> Path | None:
     """The folder of initdb/pg_ctl/postgres: on PATH, else Debian's /usr/lib/postgresql/N/bin."""
     found = shutil.which("initdb")
-    if found:
-        return Path(found).parent
+    if found:  # a link on PATH (some images link initdb and pg_ctl only): the folder of the real one
+        return Path(found).resolve().parent
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     return Path(versions[-1]).parent if versions else None
 
@@ -36,9 +36,10 @@ def find_pg_bin() -> Path | None:
 class PostgresServer:
     """`start()`, `stop()`, `kill()` (SIGKILL of the postmaster), `start()` again on the same data."""
 
-    def __init__(self, root: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, root: Path | None = None, port: int | None = None, *, init: bool = True) -> None:
         """`root`: where the cluster goes; by default a new folder under the system's temp directory
-        (pytest's own are private to root, which the `postgres` user could not enter)."""
+        (pytest's own are private to root, which the `postgres` user could not enter). `init=False`:
+        no cluster is made (a replica's comes from its primary, `replica()`)."""
         bindir = find_pg_bin()
         if bindir is None:
             raise RuntimeError("no PostgreSQL server installed (scripts/pg-tools installs Debian's)")
@@ -58,6 +59,8 @@ class PostgresServer:
             shutil.chown(root, "postgres")
             shutil.chown(self.sockets, "postgres")
             os.chmod(root, 0o700)
+        if not init:
+            return
         self._run(
             "initdb", "-D", str(self.data), "-U", "taskevents", "--auth=trust", "-E", "UTF8",
             "--locale=C.UTF-8", "-N",
@@ -93,6 +96,21 @@ class PostgresServer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+    def replica(self) -> "PostgresServer":
+        """A streaming replica of this running server (pg_basebackup, hot standby), started on a
+        port of its own. `SELECT pg_wal_replay_pause()` on it makes it lag on purpose."""
+        replica = PostgresServer(init=False)
+        self._run(
+            "pg_basebackup", "-D", str(replica.data), "-h", "127.0.0.1", "-p", str(self.port),
+            "-U", "taskevents", "-R", "-X", "stream", "-c", "fast",
+        )  # fmt: skip
+        with open(replica.data / "postgresql.conf", "a") as conf:  # later lines win
+            conf.write(
+                f"port = {replica.port}\nunix_socket_directories = '{replica.sockets}'\nhot_standby = on\n"
+            )
+        replica.start()
+        return replica
 
     def stop(self) -> None:
         """A fast shutdown: sessions are ended, the server checkpoints and exits."""
