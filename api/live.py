@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 
 from taskevents.api.livereads import Head, events_after, events_in_ranges, head, heads
 from taskevents.api.reads import tasks_by_id
-from taskevents.api.store import StoreReader
+from taskevents.api.store import StoreReader, StoreUnavailable
 from taskevents.keys import QueueKeys, partition_queues
 from taskevents.messages import CommitNotice
 from taskevents.settings import Settings
@@ -186,7 +186,7 @@ class LiveHub:
         self.store = store
         # With a replica (TASKEVENTS_DB_READ_URL), `store` reads it and `primary` the primary: what a
         # notification announces is read from the replica once it has replayed the commit, else from
-        # the primary (`_serving`), so no client hears of an event the replica cannot serve yet.
+        # the primary (`_serving`); so is every other read of the hub once a commit was announced.
         self.primary = primary
         # Every partition's worker announces its commits on its own channel (one, unpartitioned).
         queues = partition_queues(settings.queue, settings.partitions)
@@ -197,6 +197,7 @@ class LiveHub:
         self._inbox: dict[str, tuple[int, int]] = {}  # merged notifications not yet fanned out
         self._inbox_wal: _Wal = None  # the WAL position the inbox's reads need (replicas only)
         self._changed_wal: _Wal = None  # the same for the task lists' changes
+        self._latest_wal: _Wal = None  # the newest position any notification gave (other reads)
         self._news = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # The task list's live feed: who watches it, and which tasks changed since it was last fed.
@@ -279,8 +280,11 @@ class LiveHub:
         return [sub for subs in self._subs.values() for sub in subs]
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(conn, *args)` in one read transaction, on a worker thread (never across an await)."""
-        return await anyio.to_thread.run_sync(self.store.run, fn, *args)
+        """`fn(conn, *args)` in one read transaction, on a worker thread (never across an await).
+        With a replica, on one that has replayed every commit announced so far (else the primary):
+        a catch-up or a task's head is never older than what a stream has already sent."""
+        store = await self._serving(self._latest_wal)
+        return await anyio.to_thread.run_sync(store.run, fn, *args)
 
     async def head(self, task_id: str) -> Head | None:
         return await self.read(head, task_id)
@@ -334,6 +338,8 @@ class LiveHub:
             return
         ranges = notice.tasks
         self.notifications += 1
+        if wal != UNKNOWN_WAL:
+            self._latest_wal = wal if self._latest_wal is None else max(self._latest_wal, wal)
         if self._lists:
             self._changed.update(ranges)
             self._changed_wal = _later(self._changed_wal, wal)
@@ -420,20 +426,31 @@ class LiveHub:
 
     async def _serving(self, wal: "_Wal") -> StoreReader:
         """The store to read what notifications up to `wal` announced: the replica once it has
-        replayed that far (asked every REPLICA_POLL, for at most TASKEVENTS_REPLICA_WAIT), else the
-        primary. Without a replica, the one store."""
-        if self.primary is None:
+        replayed that far (asked at growing intervals from REPLICA_POLL, for at most
+        TASKEVENTS_REPLICA_WAIT), else the primary; the primary at once for a notification without a
+        position, or a replica that cannot be asked. Without a replica, or with nothing announced
+        yet, the one store `store`."""
+        if self.primary is None or wal is None:
             return self.store
-        if wal is not None and wal != UNKNOWN_WAL:
+        if wal != UNKNOWN_WAL:
             lsn = _lsn_text(wal)
             deadline = time.monotonic() + self.settings.replica_wait
+            pause = REPLICA_POLL
             while True:
-                if await anyio.to_thread.run_sync(self.store.replayed, lsn):
+                try:
+                    replayed = await anyio.to_thread.run_sync(self.store.replayed, lsn)
+                except StoreUnavailable as exc:
+                    log.warning(
+                        "the replica cannot say how far it has replayed (%s): reading the primary", exc
+                    )
+                    break
+                if replayed:
                     self.replica_reads += 1
                     return self.store
                 if time.monotonic() >= deadline:
                     break
-                await asyncio.sleep(REPLICA_POLL)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, REPLICA_POLL_MAX)
         self.primary_reads += 1
         return self.primary
 
@@ -559,7 +576,8 @@ async def follow(
 # without one (SQLite's, or a batch announced again after a crash), which only the primary can serve.
 _Wal = int | None
 UNKNOWN_WAL: Final = -1
-REPLICA_POLL: Final = 0.002  # seconds between two looks at a replica's replay position
+REPLICA_POLL: Final = 0.002  # seconds before a second look at a replica's replay position, doubling
+REPLICA_POLL_MAX: Final = 0.05
 
 
 def _wal(lsn: str | None) -> int:

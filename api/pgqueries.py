@@ -11,8 +11,10 @@ SQLite's `json_object` gives: no spaces, keys in order, strings escaped by `to_j
 the worker stored them (compact JSON, as SQLite's `json()` leaves them). tests/test_pg_reads.py
 compares every endpoint's bytes on both stores.
 
-One difference remains: `lower()` in the task list's `q` and in FIND folds the case of non-ASCII
-letters too (by the database's locale), where SQLite folds ASCII only.
+Case folding is SQLite's too: `lower()` under `COLLATE "C"` folds ASCII letters only, whatever the
+database's locale. tasks.task_id and last_at are `COLLATE "C"` (migration 3), so the task list sorts
+by code point; where they meet the spans' task_id (default collation) the comparison takes the
+spans', so that its indexes and hash partitions are used.
 """
 
 import re
@@ -63,7 +65,7 @@ TASK_JSON: Final = _json_object(
     (
         "failed_items",
         "(CASE WHEN tasks.archived = 1 THEN tasks.archived_failed ELSE (SELECT count(*) FROM spans AS f"
-        " WHERE f.task_id = tasks.task_id AND f.state = 'failed') END)::text",
+        " WHERE f.task_id = tasks.task_id COLLATE \"default\" AND f.state = 'failed') END)::text",
     ),
     ("archived", "CASE WHEN tasks.archived <> 0 THEN 'true' ELSE 'false' END"),
 )
@@ -112,7 +114,7 @@ _TASKS_SELECT: Final = f"SELECT last_at, task_id, {TASK_JSON} FROM tasks"
 TASK_FILTERS: Final = {
     "status": "status = %s",
     "phase": "current_phase = %s",
-    "q": "strpos(lower(task_id), lower(%s::text)) > 0",
+    "q": 'strpos(lower(task_id), lower(%s::text COLLATE "C")) > 0',
     "since": "last_at >= %s",
     "until": "last_at < %s",
     "archived": "(archived <> 0) = %s",
@@ -160,9 +162,9 @@ FIND: Final = f"""
 SELECT seq, {EVENT_JSON} FROM (
     SELECT * FROM task_events WHERE task_id = %s AND seq < %s ORDER BY seq DESC LIMIT %s
 ) AS w
-WHERE (%s::text IS NULL OR strpos(lower(w.event_type || ' ' || w.span_id || ' '
-                                        || coalesce(w.parent_span_id, '') || ' ' || w.actor || ' '
-                                        || w.payload), lower(%s::text)) > 0)
+WHERE (%s::text IS NULL OR strpos(lower((w.event_type || ' ' || w.span_id || ' '
+                                         || coalesce(w.parent_span_id, '') || ' ' || w.actor || ' '
+                                         || w.payload) COLLATE "C"), lower(%s::text COLLATE "C")) > 0)
   AND (%s::text IS NULL OR w.event_type IN (SELECT json_array_elements_text(%s::json)))
   AND (%s::integer = 0 OR w.event_type IN ('work_item_failed', 'checkpoint_invalid', 'recovery_initiated')
             OR CASE WHEN w.event_type = 'runner_exit' THEN te_exit_status(w.payload) = 'failed'

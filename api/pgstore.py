@@ -5,8 +5,10 @@ api/livereads.py runs on either:
 - every read runs all its queries in one `REPEATABLE READ READ ONLY` transaction: one snapshot, so a
   page and its total agree, and a reader never sees seq n+1 of a task without seq n (the worker
   commits whole batches);
-- every read has a time limit (TASKEVENTS_QUERY_TIMEOUT): the server's `statement_timeout`, set for
-  the session, stops a statement past it, and the read raises QueryTimeout (503 `query_timeout`);
+- every statement of a read has a time limit (TASKEVENTS_QUERY_TIMEOUT): the server's
+  `statement_timeout`, set for the session, stops one past it, and the read raises QueryTimeout (503
+  `query_timeout`). A read of several statements (an overview has eight, and one a stage) may take longer;
+  each is an index walk of one task, bounded by the endpoints' limits;
 - a store that cannot be read (server down, schema not created yet, every connection busy) raises
   StoreUnavailable (503 `store_unavailable`), and the pool reconnects by itself.
 
@@ -26,6 +28,7 @@ from psycopg import IsolationLevel
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from taskevents.api.errors import BadParameter
 from taskevents.api.store import (
     ACQUIRE_TIMEOUT,
     DEFAULT_POOL_SIZE,
@@ -44,6 +47,8 @@ log = logging.getLogger("taskevents.api.pgstore")
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+UNREACHABLE_WAIT = 1.0  # seconds a read waits for a session when none is open
 
 
 def _conninfo(url: str, timeout: float) -> str:
@@ -71,6 +76,8 @@ class PgReadStore:
         self._conninfo = _conninfo(url, timeout)
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._lock = threading.Lock()
+        self._reachable = True  # the last read reached the server (see `transaction`)
+        self._closed = False
         self._count = threading.Lock()  # apart from _lock: the pool's threads configure while it is held
 
     # --- reading ---------------------------------------------------------------------------------
@@ -100,21 +107,36 @@ class PgReadStore:
         past `seconds` (default `timeout`, the session's own statement_timeout)."""
         limit = self.timeout if seconds is None else seconds
         try:
-            with self._pool_().connection(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
+            pool = self._pool_()
+            # While the server does not answer (the last read could not reach it), a read fails
+            # within a second rather than waiting the full ACQUIRE_TIMEOUT for a session: readiness
+            # probes and clients learn fast.
+            wait = ACQUIRE_TIMEOUT if self._reachable else UNREACHABLE_WAIT
+            failed = pool.get_stats().get("connections_errors", 0)
+            with pool.connection(timeout=wait) as conn, conn.transaction():
                 if seconds is not None:
                     ms = f"{max(1, round(limit * 1000))}ms"
                     conn.execute("SELECT set_config('statement_timeout', %s, true)", (ms,))
                 yield conn
+            self._reachable = True
         except psycopg.errors.QueryCanceled:
             raise QueryTimeout(limit) from None
         except PoolTimeout:
+            # Unreachable if the pool failed to connect meanwhile; else every session was busy.
+            self._reachable = pool.get_stats().get("connections_errors", 0) == failed
             raise StoreUnavailable(
-                f"no connection to the store {self.name} within {ACQUIRE_TIMEOUT:g}s"
+                f"no connection to the store {self.name} within {wait:g}s"
                 " (all busy, or the server does not answer)"
             ) from None
         except psycopg.errors.UndefinedTable as exc:
             raise StoreUnavailable(f"the store {self.name} is not initialised yet ({exc})") from None
-        except psycopg.Error as exc:
+        except psycopg.DataError as exc:
+            # A value PostgreSQL's text cannot hold (a NUL character), in a path or query parameter.
+            raise BadParameter("request", f"{exc}") from None
+        except (psycopg.OperationalError, psycopg.InternalError) as exc:
+            # The server gone, shutting down, out of resources, or the session's state refused: the
+            # store's fault, not the client's (a bug in a statement, a ProgrammingError, stays a 500).
+            self._reachable = self._reachable and not isinstance(exc, psycopg.OperationalError)
             log.warning("store read failed: %s", exc)
             raise StoreUnavailable(f"the store {self.name} could not be read: {exc}") from exc
 
@@ -143,6 +165,8 @@ class PgReadStore:
     def _pool_(self) -> "ConnectionPool[psycopg.Connection[Any]]":
         """The pool, opened on first need: the API may start before the server answers."""
         with self._lock:
+            if self._closed:
+                raise StoreUnavailable(f"the API is shutting down: no more reads of {self.name}")
             if self._pool is None:
                 self._pool = ConnectionPool(
                     self._conninfo,
@@ -162,8 +186,9 @@ class PgReadStore:
             self.opened += 1
 
     def close(self) -> None:
-        """Close every session (at shutdown, after the last request). A later read opens a new pool."""
+        """Close every session (at shutdown, after the last request); later reads are refused, so
+        that a thread still running (the live hub's) cannot open a pool nobody closes."""
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool, self._pool, self._closed = self._pool, None, True
         if pool is not None:
             pool.close()

@@ -40,9 +40,13 @@ class WorkerReport:
     heartbeat: Heartbeat | None  # None: no heartbeat within its TTL (no worker running), or not one
     counters: WorkerStats = field(default_factory=WorkerStats)
     standbys: list[str] = field(default_factory=list)  # workers waiting for the lease
+    # A partitioned queue's: the first store error any partition's worker reports (`combined`).
+    partition_error: str | None = None
 
     @property
     def store_error(self) -> str | None:
+        if self.partition_error is not None:
+            return self.partition_error
         return self.heartbeat.store_error if self.heartbeat is not None else None
 
     @property
@@ -91,15 +95,12 @@ def read_partition_reports(client: redis.Redis, settings: Settings) -> list[Work
 
 def combined(reports: list[WorkerReport]) -> WorkerReport:
     """The deployment's report from its partitions': depths, counters and standbys added up; a
-    heartbeat only if every partition has one (the oldest, so its age is the worst); the first store
-    error any partition's worker reports."""
+    heartbeat only if every partition has one (the oldest, so that its age is the worst); the first
+    store error any partition's worker reports."""
     if len(reports) == 1:
         return reports[0]
     beats = [r.heartbeat for r in reports]
     heartbeat = None if any(b is None for b in beats) else min(beats, key=lambda b: b.at if b else 0.0)
-    errors = [r.store_error for r in reports if r.store_error is not None]
-    if heartbeat is not None and errors and heartbeat.store_error is None:
-        heartbeat = next(r.heartbeat for r in reports if r.store_error is not None)
     counters = WorkerStats()
     for report in reports:
         counters = counters + report.counters
@@ -110,4 +111,5 @@ def combined(reports: list[WorkerReport]) -> WorkerReport:
         heartbeat,
         counters,
         [standby for r in reports for standby in r.standbys],
+        next((r.store_error for r in reports if r.store_error is not None), None),
     )

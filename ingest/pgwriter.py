@@ -11,6 +11,7 @@ writer's commit is refused, and a take-over waits for a commit in progress to en
 writers never touch the same task (the queue routes each task to one partition).
 """
 
+import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,6 +47,8 @@ _SPAN_ARRAYS = (
     "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],"
     " %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]"
 )
+
+log = logging.getLogger("taskevents.pgwriter")
 
 
 def _upsert_spans_sql(state_changed: bool) -> str:
@@ -155,15 +158,25 @@ class PgStoreWriter:
                 "UPDATE ingest_state SET last_batch_id = %s, last_batch = %s WHERE part = %s",
                 (batch_id, result.to_json().decode(), self.part),
             )
-        # After the commit: a replica that has replayed this far can serve what it wrote.
-        row = self._conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-        result.lsn = None if row is None else str(row[0])
+        result.lsn = self._wal_position(batch_id)
         if len(self._latest) + len(task_changes) > self._cache_size:
             self._latest.clear()
         for task_id, change in task_changes.items():
             self._latest[task_id] = change.last_seq
         self.last_batch_id, self.last_batch = batch_id, result
         return result
+
+    def _wal_position(self, batch_id: int) -> str | None:
+        """After a commit: a WAL position at or past its commit record (the insert position, since
+        with synchronous_commit off the write position may not have reached it yet), which a replica
+        must have replayed to serve the batch. None if the server did not answer: readers then use
+        the primary, and the next batch finds out about the connection."""
+        try:
+            row = self._conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        except psycopg.Error as exc:
+            log.warning("the WAL position after batch %s is unknown: %s", batch_id, exc)
+            return None
+        return None if row is None else str(row[0])
 
     def close(self) -> None:
         self._conn.close()

@@ -40,20 +40,22 @@ _EXIT_STATUS: Final = (
     CREATE FUNCTION te_exit_status(payload text) RETURNS text
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
     DECLARE
-        doc jsonb;
+        doc json;
         word text;
-        code jsonb;
+        code json;
         n numeric;
     BEGIN
         BEGIN
-            doc := payload::jsonb;
+            -- text cannot hold the \\u0000 a JSON string may: as U+FFFD, it still makes no known word
+            -- and no digits, as in Python, where reading it as NUL would fail the whole statement
+            doc := replace(payload, '\\u0000', '\\ufffd')::json;
         EXCEPTION WHEN others THEN
             RETURN NULL;
         END;
-        IF jsonb_typeof(doc) IS DISTINCT FROM 'object' THEN
+        IF json_typeof(doc) IS DISTINCT FROM 'object' THEN
             RETURN NULL;
         END IF;
-        IF jsonb_typeof(doc -> 'outcome') = 'string' THEN
+        IF json_typeof(doc -> 'outcome') = 'string' THEN
             word := lower(btrim(doc ->> 'outcome', '"""
     + "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
     + """'));
@@ -69,17 +71,17 @@ _EXIT_STATUS: Final = (
             END IF;
         END IF;
         code := doc -> 'exit_code';
-        IF jsonb_typeof(code) = 'number' THEN
+        IF json_typeof(code) = 'number' THEN
             n := (code #>> '{}')::numeric;
             IF n = trunc(n) THEN
                 RETURN CASE WHEN n = 0 THEN 'succeeded' ELSE 'failed' END;
             END IF;
-        ELSIF jsonb_typeof(code) = 'string'
-              AND (code #>> '{}') ~ '^[ \t\n\r]*[+-]?[0-9]{1,20}[ \t\n\r]*$' THEN
-            RETURN CASE WHEN btrim(code #>> '{}', E' \t\n\r')::numeric = 0 THEN 'succeeded' ELSE 'failed' END;
+        ELSIF json_typeof(code) = 'string'
+              AND (code #>> '{}') ~ '^[ \\t\\n\\r]*[+-]?[0-9]{1,20}[ \\t\\n\\r]*$' THEN
+            RETURN CASE WHEN btrim(code #>> '{}', E' \\t\\n\\r')::numeric = 0
+                        THEN 'succeeded' ELSE 'failed' END;
         END IF;
-        IF NOT doc ? 'exit_code'
-           AND (doc -> 'outcome' IS NULL OR jsonb_typeof(doc -> 'outcome') = 'null') THEN
+        IF code IS NULL AND (doc -> 'outcome' IS NULL OR json_typeof(doc -> 'outcome') = 'null') THEN
             RETURN 'succeeded';
         END IF;
         RETURN 'failed';

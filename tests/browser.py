@@ -26,7 +26,7 @@ import httpx
 
 from taskevents.emitter import Emitter
 from taskevents.settings import Settings
-from tests.helpers import rows, start_worker, wait_for, worker_env
+from tests.helpers import start_worker, store_made, store_rows, wait_for, worker_env
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Page, Request
@@ -109,7 +109,7 @@ class UiStack:
         assert self.emitter.flush(10), "the emitter could not deliver to Redis"
 
     def latest_seq(self, task_id: str) -> int:
-        found = rows(self.settings.sqlite_path, "SELECT latest_seq FROM tasks WHERE task_id = ?", task_id)
+        found = store_rows(self.settings, "SELECT latest_seq FROM tasks WHERE task_id = ?", task_id)
         return found[0][0] if found else 0
 
     def stored(self, task_id: str, seq: int, timeout: float = 30) -> None:
@@ -124,7 +124,7 @@ def ui_stack(settings: Settings, port: int) -> Iterator[UiStack]:
     emitter = Emitter.from_settings(settings)
     api = ApiProcess(settings, port)
     try:
-        wait_for(lambda: settings.sqlite_path.exists(), timeout=20)  # the worker creates the store
+        wait_for(lambda: store_made(settings), timeout=20)  # the worker creates the store
         api.start()
         yield UiStack(settings, api, emitter)
     finally:

@@ -29,6 +29,7 @@ from tests.browser import (
     watched_page,
 )
 from tests.helpers import wait_for
+from tests.pgserver import STORES
 from tests.stream_helpers import free_port
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ def shown_seqs(w: Watched) -> list[int]:
 # --- the task list -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_the_task_list_shows_new_tasks_and_status_changes_live(stack: UiStack, page: Watched) -> None:
     first = Run(stack.emitter, "list-first")
     first.spawn()
@@ -196,6 +198,7 @@ def test_the_task_list_pages_with_the_api_cursor(stack: UiStack, page: Watched) 
 # --- the task page, live -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_the_pipeline_timeline_and_tree_change_as_events_arrive(stack: UiStack, page: Watched) -> None:
     run = Run(stack.emitter, "live-run")
     run.spawn()
@@ -261,6 +264,7 @@ def test_the_pipeline_timeline_and_tree_change_as_events_arrive(stack: UiStack, 
     page.shot("ended")
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_the_evidence_drawer_shows_checkpoints_and_their_verdicts_live(stack: UiStack, page: Watched) -> None:
     run = Run(stack.emitter, "cp-run")
     run.spawn()
@@ -486,6 +490,7 @@ def test_the_raw_json_copy_button_copies_the_event(browser: "Browser", stack: Ui
         w.check_clean(stack.url)
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_an_api_restart_under_an_open_page_loses_nothing_and_repeats_nothing(
     stack: UiStack, page: Watched
 ) -> None:
@@ -566,6 +571,7 @@ HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</scrip
 HOSTILE_ID = '<img src=x onerror="window.__pwned=1"><svg onload="window.__pwned=1">&amp;"\''
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_hostile_strings_are_rendered_as_text(stack: UiStack, page: Watched) -> None:
     task = f"evil{HOSTILE_ID}"
     run = Run(stack.emitter, task)
