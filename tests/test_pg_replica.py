@@ -4,6 +4,7 @@ notification), else from the primary, so no client hears of an event the replica
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -83,12 +84,17 @@ def test_the_stream_reads_the_replica_once_it_has_replayed_and_the_primary_while
             frames = FrameParser()
             chunks = stream.iter_raw()
 
+            pending: list[Any] = []
+
+            def next_frame() -> Any:
+                while not pending:
+                    pending.extend(f for f in frames.feed(next(chunks)) if f.event in ("task_event", "end"))
+                return pending.pop(0)
+
             def next_seq() -> int:
-                for chunk in chunks:
-                    found = [f for f in frames.feed(chunk) if f.event == "task_event"]
-                    if found:
-                        return int(orjson.loads(found[0].data or "{}")["seq"])
-                raise AssertionError("the stream ended")
+                frame = next_frame()
+                assert frame.event == "task_event", frame
+                return int(orjson.loads(frame.data or "{}")["seq"])
 
             # Replaying: the commit is read from the replica.
             em.emit("t", "runner_heartbeat", span_id="r", actor="runner")
@@ -106,8 +112,15 @@ def test_the_stream_reads_the_replica_once_it_has_replayed_and_the_primary_while
             assert 0.25 <= time.monotonic() - started < 5  # it waited for the replica first
             assert hub.primary_reads >= 1
             assert [e["seq"] for e in http.get("/api/tasks/t/events").json()["events"]] == [1, 2]
+            # The run ends while the replica still lags: the stream sends the exit, from the primary,
+            # and then ends, its view of the task's head being the primary's too.
+            em.emit("t", "runner_exit", span_id="r", actor="runner", payload={"exit_code": 0})
+            assert em.flush(5)
+            assert next_seq() == 4
+            end = next_frame()
+            assert end.event == "end" and orjson.loads(end.data or "{}")["last_seq"] == 4, end
             rows(replica_url, "SELECT pg_wal_replay_resume()")
-            wait_for(lambda: len(http.get("/api/tasks/t/events").json()["events"]) == 3, timeout=30)
+            wait_for(lambda: len(http.get("/api/tasks/t/events").json()["events"]) == 4, timeout=30)
             assert http.get("/api/ready").status_code == 200
     finally:
         em.close(5)
