@@ -16,7 +16,7 @@ from taskevents.ingest.deadletters import DeadLetters
 from taskevents.ingest.localredis import answers, find_redis_server, server_command
 from taskevents.ingest.worker import Worker
 from taskevents.ingest.writer import PartitionsChanged
-from taskevents.keys import QueueKeys
+from taskevents.keys import QueueKeys, partition_queues
 from taskevents.messages import Heartbeat
 from taskevents.settings import Settings
 
@@ -44,7 +44,8 @@ log = logging.getLogger("taskevents.cli")
 @click.option(
     "--check",
     is_flag=True,
-    help="Exit 0 if the queue's worker is alive and can write the store, 1 if not (health check).",
+    help="Exit 0 if the queue's worker is alive and can write the store, 1 if not (health check): "
+    "the partition's with --partition, else every partition's.",
 )
 @click.option(
     "--partition",
@@ -79,25 +80,36 @@ def ingest_command(settings: Settings, check: bool, partition: int | None) -> No
 
 
 def _check(settings: Settings) -> int:
-    """The health check: a fresh heartbeat without a store error (the active worker's)."""
+    """The health check: a fresh heartbeat without a store error (the active worker's). Of the
+    partition given (--partition, TASKEVENTS_PARTITION), else of every partition of the queue."""
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
-    try:
-        beat = client.get(QueueKeys(settings.partition_queue).heartbeat)
-    except redis.RedisError as exc:
-        click.echo(f"unhealthy: Redis unreachable ({exc})", err=True)
-        return 1
-    if beat is None:
-        click.echo(f"unhealthy: no worker heartbeat in the last {settings.heartbeat_ttl:g}s", err=True)
-        return 1
-    try:
-        heartbeat = Heartbeat.decode(beat)
-    except ValueError:
-        click.echo(f"unhealthy: the heartbeat is not a worker's: {beat[:200]!r}", err=True)
-        return 1
-    if heartbeat.store_error:
-        click.echo(f"unhealthy: the worker cannot write the store: {heartbeat.store_error}", err=True)
-        return 1
-    click.echo(beat.decode() if isinstance(beat, bytes) else str(beat))
+    if settings.partitions > 1 and "partition" not in settings.model_fields_set:
+        queues = partition_queues(settings.queue, settings.partitions)
+    else:
+        queues = [settings.partition_queue]
+    for queue in queues:
+        where = f" of {queue}" if len(queues) > 1 else ""
+        try:
+            beat = client.get(QueueKeys(queue).heartbeat)
+        except redis.RedisError as exc:
+            click.echo(f"unhealthy: Redis unreachable ({exc})", err=True)
+            return 1
+        if beat is None:
+            click.echo(
+                f"unhealthy: no worker heartbeat{where} in the last {settings.heartbeat_ttl:g}s", err=True
+            )
+            return 1
+        try:
+            heartbeat = Heartbeat.decode(beat)
+        except ValueError:
+            click.echo(f"unhealthy: the heartbeat{where} is not a worker's: {beat[:200]!r}", err=True)
+            return 1
+        if heartbeat.store_error:
+            click.echo(
+                f"unhealthy: the worker{where} cannot write the store: {heartbeat.store_error}", err=True
+            )
+            return 1
+        click.echo(beat.decode() if isinstance(beat, bytes) else str(beat))
     return 0
 
 
@@ -109,12 +121,14 @@ def dead_letters_command() -> None:
 @dead_letters_command.command("count")
 @settings_options
 def dead_count(settings: Settings) -> None:
-    """How many dead letters there are, by reason code."""
-    letters = _dead_letters(settings)
-    total = letters.count()
-    click.echo(f"{total} dead letters in {letters.keys.dead}")
-    for code, n in letters.count_by_code().most_common():
-        click.echo(f"  {code:<20} {n}")
+    """How many dead letters there are, by reason code: of every partition, when the queue has more
+    than one (`list`, `replay` and `purge` work on TASKEVENTS_PARTITION's)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    for queue in partition_queues(settings.queue, settings.partitions):
+        letters = DeadLetters(client, QueueKeys(queue))
+        click.echo(f"{letters.count()} dead letters in {letters.keys.dead}")
+        for code, n in letters.count_by_code().most_common():
+            click.echo(f"  {code:<20} {n}")
 
 
 @dead_letters_command.command("list")

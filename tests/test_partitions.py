@@ -325,3 +325,43 @@ def test_readiness_metrics_and_the_live_stream_cover_every_partition(
         for worker in workers:
             worker.terminate()
             worker.wait(20)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis_server
+def test_the_health_check_and_the_dead_letter_count_cover_every_partition(
+    pg: PostgresServer | ExternalPostgres, settings: Settings, client: redis.Redis
+) -> None:
+    settings = _partitioned(pg, settings, "parts_check", 2)
+    env = worker_env(settings)
+    env.pop("TASKEVENTS_PARTITION", None)  # as an operator types it: no partition named
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from taskevents.cli import main; main()", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    worker = start_worker(_of(settings, 0))
+    try:
+        wait_for(lambda: client.exists(QueueKeys(_of(settings, 0).partition_queue).heartbeat), timeout=30)
+        every = command("ingest", "--check")  # no partition named: all of them
+        assert (
+            every.returncode == 1
+            and f"no worker heartbeat of {_of(settings, 1).partition_queue}" in every.stderr
+        )
+        assert command("ingest", "--check", "--partition", "0").returncode == 0
+        assert command("ingest", "--check", "--partition", "1").returncode == 1
+        bad = next(f"t{i}" for i in range(100) if partition_of(f"t{i}", 2) == 0)
+        client.rpush(_of(settings, 0).partition_queue, orjson.dumps({"task_id": bad, "event_type": ""}))
+        wait_for(lambda: client.llen(QueueKeys(_of(settings, 0).partition_queue).dead) == 1, timeout=30)
+        counted = command("dead-letters", "count")
+        assert counted.returncode == 0, counted.stderr
+        assert f"1 dead letters in {QueueKeys(_of(settings, 0).partition_queue).dead}" in counted.stdout
+        assert f"0 dead letters in {QueueKeys(_of(settings, 1).partition_queue).dead}" in counted.stdout
+    finally:
+        worker.terminate()
+        worker.wait(20)
