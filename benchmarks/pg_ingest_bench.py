@@ -13,7 +13,9 @@ durability (Redis: append-only, fsync every second; PostgreSQL: fsync and synchr
 
 CPU per event is measured per part, so the figures carry to machines with more cores than this one's
 two: the workers (their processes), Redis (the redis-server process) and PostgreSQL (the postmaster
-and every backend), from their user + system CPU time across the drain. On two cores, more
+and every backend), from their user + system CPU time across the drain; and a producer's, apart: the
+same events emitted with `Emitter.emit` (validated, encoded, routed to their partition, pushed), its
+process's CPU time. On two cores, more
 partitions than cores cannot go faster: the CPU per event is what a projection uses.
 
     .venv/bin/python benchmarks/pg_ingest_bench.py [--events 200000] [--reps 3] [--partitions 1,2,4]
@@ -101,6 +103,38 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
+_EMIT_FIELDS = (
+    "task_id",
+    "event_type",
+    "span_id",
+    "actor",
+    "phase",
+    "parent_span_id",
+    "payload",
+    "event_uid",
+)
+
+
+def producer_us(server: RedisServer, frames: list[bytes], partitions: int) -> float:
+    """CPU µs per event of a producer: `Emitter.emit` (validation, encoding, routing to its partition)
+    and its background pushes, this process's CPU time (all its threads) from the first emit to the
+    last push; into scratch lists, deleted after."""
+    from taskevents.emitter import Emitter
+
+    calls = [{k: v for k, v in orjson.loads(f).items() if k in _EMIT_FIELDS} for f in frames]
+    emitter = Emitter(server.url, queue="producer:bench", partitions=partitions)
+    started = time.process_time()
+    for call in calls:
+        emitter.emit(**call)
+    if not emitter.close(120):
+        raise RuntimeError("the producer could not deliver every event")
+    spent = time.process_time() - started
+    client = redis.Redis.from_url(server.url)
+    client.delete(*(partition_queue("producer:bench", p, partitions) for p in range(partitions)))
+    client.close()
+    return spent / len(frames) * 1e6
+
+
 def one(config: str, rep: int, server: RedisServer, redis_proc: psutil.Process, pg: PostgresServer,
         frames: list[bytes], tasks: list[str], workdir: Path) -> dict[str, float]:  # fmt: skip
     store, partitions = ("sqlite", 1) if config == "sqlite" else ("postgresql", int(config.split("-")[1]))
@@ -143,9 +177,13 @@ def one(config: str, rep: int, server: RedisServer, redis_proc: psutil.Process, 
         raise RuntimeError(f"{config}: not every event stored once")
     client.close()
     us = [_spent(b, a) / n * 1e6 for b, a in zip(before, after, strict=True)]
-    row = {"events_per_s": n / seconds, "worker_us": us[0], "redis_us": us[1], "postgres_us": us[2]}
-    say(f"{config} rep {rep + 1}: {row['events_per_s']:,.0f} events/s; CPU per event: workers "
-        f"{us[0]:.1f} µs, Redis {us[1]:.1f} µs, PostgreSQL {us[2]:.1f} µs")  # fmt: skip
+    producer = producer_us(server, frames, partitions)
+    row = {"events_per_s": n / seconds, "worker_us": us[0], "redis_us": us[1], "postgres_us": us[2],
+           "producer_us": producer}  # fmt: skip
+    say(
+        f"{config} rep {rep + 1}: {row['events_per_s']:,.0f} events/s; CPU per event: producer "
+        f"{producer:.1f} µs, workers {us[0]:.1f} µs, Redis {us[1]:.1f} µs, PostgreSQL {us[2]:.1f} µs"
+    )
     return row
 
 
@@ -153,15 +191,16 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"{results['events']:,} events over 50 tasks, {results['reps']} repetitions alternating, medians:",
         "",
-        "| store, partitions | events/s | CPU µs per event: workers | Redis | PostgreSQL server | all |",
-        "|---|---|---|---|---|---|",
+        "| store, partitions | events/s | CPU µs per event: producer | workers | Redis | PostgreSQL server"
+        " | all but the producer |",
+        "|---|---|---|---|---|---|---|",
     ]
     for config in results["configs"]:
         m = results[config]["median"]
         parts = m["worker_us"] + m["redis_us"] + m["postgres_us"]
         name = "SQLite, 1" if config == "sqlite" else f"PostgreSQL, {config.split('-')[1]}"
-        lines.append(f"| {name} | {m['events_per_s']:,.0f} | {m['worker_us']:.1f} | {m['redis_us']:.1f} | "
-                     f"{m['postgres_us']:.1f} | {parts:.1f} |")  # fmt: skip
+        lines.append(f"| {name} | {m['events_per_s']:,.0f} | {m['producer_us']:.1f} | {m['worker_us']:.1f} | "
+                     f"{m['redis_us']:.1f} | {m['postgres_us']:.1f} | {parts:.1f} |")  # fmt: skip
     return "\n".join(lines)
 
 

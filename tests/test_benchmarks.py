@@ -132,6 +132,7 @@ def test_pg_ingest_bench_quick_stores_every_event_partitioned_and_counts_each_pa
     assert sqlite["events_per_s"] > 0 and pg["events_per_s"] > 0 and two["events_per_s"] > 0
     assert pg["postgres_us"] > 0 and sqlite["postgres_us"] < pg["postgres_us"] / 10  # its server's CPU
     assert sqlite["redis_us"] > 0 and pg["worker_us"] > 0 and two["worker_us"] > 0
+    assert 0 < two["producer_us"] < 1000 and 0 < sqlite["producer_us"] < 1000
     assert "| PostgreSQL, 2 |" in done.stdout
 
 
