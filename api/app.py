@@ -85,6 +85,11 @@ def create_app(
         else:
             app.state.store, app.state.primary = primary, None
         app.state.loop_store = None
+        # Archived tasks are read from their archives (api/archived.py), whichever store made them.
+        app.state.archives = ArchivedReads(settings.archive_dir)
+        app.state.store.archives = app.state.archives
+        if app.state.primary is not None:
+            app.state.primary.archives = app.state.archives
     else:
         app.state.store = ReadStore(settings.sqlite_path, size=pool_size, timeout=settings.query_timeout)
         app.state.primary = None

@@ -72,7 +72,7 @@ class PgReadStore:
         self.size = size
         self.timeout = timeout
         self.opened = 0  # sessions opened so far
-        self.archives: ArchivedReads | None = None  # retention does not run on PostgreSQL yet
+        self.archives: ArchivedReads | None = None  # where reads of archived tasks go (api/archived.py)
         self._conninfo = _conninfo(url, timeout)
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._lock = threading.Lock()
@@ -89,9 +89,7 @@ class PgReadStore:
                 return read(conn, *args, **kw)
         except TaskArchived as exc:
             if self.archives is None:
-                raise StoreUnavailable(
-                    f"task {exc.task_id!r} is archived, and this store keeps no archives"
-                ) from None
+                raise
             return self.archives.run(exc.task_id, exc.latest_seq, self.timeout, read, *args, **kw)
 
     def run_within(

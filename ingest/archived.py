@@ -35,7 +35,7 @@ from typing import cast
 import redis
 
 from taskevents.archive import ArchiveError, TaskArchive
-from taskevents.ingest.writer import StoreWriter
+from taskevents.ingest.writer import BatchWriter
 from taskevents.keys import QueueKeys
 from taskevents.messages import ControlRequest
 
@@ -67,17 +67,13 @@ class Retention:
     """Call `step()` between batches when `due()`, and `came()` when a claim brought events; a step
     does one bounded piece of work. `working`: the last step found more to do."""
 
-    def __init__(
-        self, client: redis.Redis, keys: QueueKeys, archive: TaskArchive, *, enabled: bool = True
-    ) -> None:
-        """`enabled=False`: never due (a store whose writer has no retention steps)."""
+    def __init__(self, client: redis.Redis, keys: QueueKeys, archive: TaskArchive) -> None:
         self._redis = client
-        self.enabled = enabled
         self._keys = keys
         self.archive = archive
         self._busy = self._idle = 0.0  # when the next step is due, while busy / while idle
         self._came = -math.inf  # when a claim last brought events
-        self.working = enabled
+        self.working = True
         self._dropping = True  # until a step finds nothing left to remove (the store may hold some)
         self._reclaiming = True
         self._free = math.inf  # free pages beyond KEEP_FREE after the last reclaim step
@@ -96,11 +92,9 @@ class Retention:
 
     def left(self, *, idle: bool = False) -> float:
         """Seconds until the next step is due (`idle`: the queue is empty now)."""
-        if not self.enabled:
-            return math.inf
         return (self._idle if idle and self.quiet() else self._busy) - time.monotonic()
 
-    def step(self, writer: StoreWriter) -> bool:
+    def step(self, writer: BatchWriter) -> bool:
         """One step (requests, or rows to remove, or pages to give back); True if work remains."""
         started = time.monotonic()
         self.working = True  # until the step says otherwise (one that raised is tried again)
@@ -115,7 +109,7 @@ class Retention:
             else:  # nothing to do: look for requests now and then, not between every two batches
                 self._busy = self._idle = ended + POLL
 
-    def _step(self, writer: StoreWriter, started: float) -> bool:
+    def _step(self, writer: BatchWriter, started: float) -> bool:
         applied = 0
         # Each request is a transaction of its own (and a read of its archive): as many as fit the aim.
         while applied < REQUESTS and (applied == 0 or time.monotonic() - started < STEP_SECONDS):
@@ -149,7 +143,7 @@ class Retention:
             return self._reclaiming
         return False
 
-    def _apply(self, writer: StoreWriter, raw: bytes) -> None:
+    def _apply(self, writer: BatchWriter, raw: bytes) -> None:
         try:
             request = ControlRequest.decode(raw)
         except ValueError as exc:

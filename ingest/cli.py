@@ -11,12 +11,12 @@ from urllib.parse import urlparse
 import click
 import redis
 
-from taskevents.cli import env_help, settings_options, sqlite_only, store_usable
+from taskevents.cli import env_help, settings_options, store_usable
 from taskevents.ingest.deadletters import DeadLetters
 from taskevents.ingest.localredis import answers, find_redis_server, server_command
 from taskevents.ingest.worker import Worker
 from taskevents.ingest.writer import PartitionsChanged
-from taskevents.keys import QueueKeys, partition_queues
+from taskevents.keys import QueueKeys, control_of, partition_queues
 from taskevents.messages import Heartbeat
 from taskevents.settings import Settings
 
@@ -218,7 +218,7 @@ def jobs_command(settings: Settings, check: bool) -> None:
     Any number may run: one pass runs at a time. SIGTERM: finish the job in hand, then exit."""
     from taskevents.ingest import jobs
 
-    sqlite_only(settings, "retention")
+    store_usable(settings)
     if check:
         sys.exit(0 if jobs.check(settings) else 1)
     # The jobs it enqueues build their settings from these (the command line's) and the environment.
@@ -252,7 +252,7 @@ def archive_command(
     from taskevents.ingest.retention import archive_pass
     from taskevents.settings import parse_duration
 
-    sqlite_only(settings, "retention")
+    store_usable(settings)
     if list_:
         manifests = sorted(TaskArchive.at(settings.archive_dir).manifests(), key=lambda m: m.last_at)
         for m in manifests:
@@ -302,10 +302,10 @@ def restore_command(settings: Settings, task_ids: tuple[str, ...], timeout: floa
     """Bring archived tasks back into the store, exactly as they were (their archives stay where they
     are). The worker does it, being the store's one writer: this asks it and waits."""
     from taskevents.archive import ArchiveError, TaskArchive
-    from taskevents.db import open_reader
+    from taskevents.ingest.storereads import StoreReads
     from taskevents.messages import ControlRequest
 
-    sqlite_only(settings, "retention")
+    store_usable(settings)
     archive = TaskArchive.at(settings.archive_dir)
     client = redis.Redis.from_url(settings.redis_url)
     waiting: list[str] = []
@@ -316,17 +316,15 @@ def restore_command(settings: Settings, task_ids: tuple[str, ...], timeout: floa
         except ArchiveError as exc:
             click.echo(f"cannot restore {task_id}: {exc}", err=True)
             continue
-        client.rpush(
-            QueueKeys(settings.queue).control, ControlRequest(op="restore", task_id=task_id).encode()
-        )
+        # To the worker of the task's partition: the one writer of its rows.
+        client.rpush(control_of(settings, task_id), ControlRequest(op="restore", task_id=task_id).encode())
         waiting.append(task_id)
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
-        reader = open_reader(settings.sqlite_path)
+        reader = StoreReads(settings, "taskevents-restore")
         try:
             for task_id in list(waiting):
-                row = reader.execute("SELECT archived FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-                if row is not None and row[0] == 0:
+                if reader.archived(task_id) == 0:
                     click.echo(f"restored {task_id}")
                     waiting.remove(task_id)
                     restored += 1

@@ -19,9 +19,11 @@ from typing import Any
 
 import psycopg
 
+from taskevents.archive import ArchiveError, TaskArchive, TaskRows
 from taskevents.clock import format_ms
 from taskevents.ingest.plan import SpanChange, TaskChange, cached_latest, plan, span_rows, span_upsert_set
 from taskevents.ingest.writer import CommitResult, DeadMark, Decoded, PartitionsChanged, StoreFenced
+from taskevents.keys import partition_of
 
 _INSERT_EVENTS = """
 INSERT INTO task_events (task_id, seq, event_type, phase, actor, span_id, parent_span_id,
@@ -69,9 +71,17 @@ class PgStoreWriter:
     """Owns the partition's read-write connection; `commit` is the only way its events get stored."""
 
     def __init__(
-        self, conn: psycopg.Connection, *, part: int = 0, partitions: int = 1, seq_cache_size: int = 100_000
+        self,
+        conn: psycopg.Connection,
+        *,
+        part: int = 0,
+        partitions: int = 1,
+        archive: TaskArchive | None = None,
+        seq_cache_size: int = 100_000,
     ) -> None:
         self._conn = conn
+        self.archive = archive  # where archived tasks' rows are, for a late event (None: unreadable)
+        self._columns_of: dict[str, set[str]] = {}
         self.part = part
         self.partitions = partitions
         self._latest: dict[str, int] = {}  # task_id -> latest committed seq (bounded, refilled)
@@ -144,6 +154,9 @@ class PgStoreWriter:
         created_at = format_ms(time.time_ns())
         result = CommitResult(batch_id, dead=list(dead), dead_at=created_at, keep=keep)
         with self.fenced() as conn:
+            # A late event of an archived task brings the task back first: its seq goes on from the
+            # archived ones, and its event_uids are known again. Cached tasks are not archived.
+            self._bring_back(conn, {d.event.task_id for d in batch if d.event.task_id not in self._latest})
             fresh = self._drop_duplicates(conn, batch)
             result.duplicates = len(batch) - len(fresh)
             latest = self._load_latest(conn, {d.event.task_id for d in fresh})
@@ -165,6 +178,157 @@ class PgStoreWriter:
             self._latest[task_id] = change.last_seq
         self.last_batch_id, self.last_batch = batch_id, result
         return result
+
+    # --- retention (ingest/archived.py asks; the same contract as StoreWriter's) ------------------
+    # archive_pending rows carry their partition: a writer removes only its own tasks' rows.
+
+    def mark_archived(self, task_id: str, latest_seq: int) -> bool:
+        """The task's archive holds seq 1..latest_seq: if the task has ended there (no late event
+        since), it is archived from now on and its rows are queued for removal. False if it is not,
+        or if another partition's writer owns the task."""
+        if not self._owns(task_id):
+            return False
+        with self.fenced() as conn:
+            row = conn.execute(
+                "SELECT latest_seq, status, archived FROM tasks WHERE task_id = %s FOR UPDATE", (task_id,)
+            ).fetchone()
+            if row is None or row[0] != latest_seq or row[1] == "running" or row[2] != 0:
+                return False
+            conn.execute(
+                "UPDATE tasks SET archived = 1, archived_failed = (SELECT count(*) FROM spans"
+                " WHERE task_id = %s AND state = 'failed') WHERE task_id = %s",
+                (task_id, task_id),
+            )
+            conn.execute(
+                "INSERT INTO archive_pending (task_id, last_seq, part) VALUES (%s, %s, %s)"
+                " ON CONFLICT (task_id) DO NOTHING",
+                (task_id, latest_seq, self.part),
+            )
+        self._latest.pop(task_id, None)  # its next event must find it archived
+        return True
+
+    def drop_archived_rows(self, limit: int) -> int:
+        """Remove up to `limit` rows of this partition's archived tasks not yet emptied; returns how
+        many (0: none left)."""
+        with self.fenced() as conn:
+            dropped = 0
+            pending = conn.execute(
+                "SELECT task_id, last_seq FROM archive_pending WHERE part = %s LIMIT 8", (self.part,)
+            ).fetchall()
+            for task_id, last_seq in pending:
+                dropped += conn.execute(
+                    "DELETE FROM task_events WHERE task_id = %s AND seq IN (SELECT seq FROM task_events"
+                    " WHERE task_id = %s AND seq <= %s LIMIT %s)",
+                    (task_id, task_id, last_seq, limit - dropped),
+                ).rowcount
+                if dropped < limit:
+                    dropped += conn.execute(
+                        "DELETE FROM spans WHERE task_id = %s AND span_id IN (SELECT span_id FROM spans"
+                        " WHERE task_id = %s AND last_seq <= %s LIMIT %s)",
+                        (task_id, task_id, last_seq, limit - dropped),
+                    ).rowcount
+                if dropped < limit:  # both emptied
+                    conn.execute("DELETE FROM archive_pending WHERE task_id = %s", (task_id,))
+                if dropped >= limit:
+                    break
+        return dropped
+
+    def archived_backlog(self) -> int:
+        """About how many rows of this partition's archived tasks wait to be removed."""
+        row = self._conn.execute(
+            "SELECT coalesce(sum(last_seq), 0) FROM archive_pending WHERE part = %s", (self.part,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def reclaim(self, pages: int, keep: float = 0.0) -> int:
+        """Nothing to give back by hand: PostgreSQL's autovacuum makes removed rows' space reusable
+        (a VACUUM FULL to shrink the files is an operator's decision, it locks the tables)."""
+        return 0
+
+    def restore(self, task_id: str, rows: TaskRows) -> bool:
+        """Put an archived task's rows back (those still in the store are kept); False if it is not
+        archived, or if another partition's writer owns the task."""
+        if not self._owns(task_id):
+            return False
+        with self.fenced() as conn:
+            row = conn.execute(
+                "SELECT archived FROM tasks WHERE task_id = %s FOR UPDATE", (task_id,)
+            ).fetchone()
+            if row is None or row[0] == 0:
+                return False
+            self._put_back(conn, task_id, rows)
+        self._latest.pop(task_id, None)
+        return True
+
+    def _owns(self, task_id: str) -> bool:
+        """The task's rows are this partition's writer's to change (a request sent to the wrong
+        partition's control list is refused, logged: two writers never change one task)."""
+        if partition_of(task_id, self.partitions) == self.part:
+            return True
+        log.error("retention of task %r asked of partition %d's worker: refused", task_id, self.part)
+        return False
+
+    def _put_back(self, conn: psycopg.Connection, task_id: str, rows: TaskRows) -> None:
+        """Raises ArchiveError, with nothing changed, if the rows do not fit the store."""
+        try:
+            with conn.transaction():  # a savepoint: the batch's transaction goes on without these rows
+                self._insert(conn, "spans", rows.spans)
+                self._insert(conn, "task_events", rows.events)
+        except psycopg.DataError as exc:
+            raise ArchiveError(f"its rows do not fit the store: {exc}") from None
+        except psycopg.IntegrityError as exc:
+            raise ArchiveError(f"its rows do not fit the store: {exc}") from None
+        conn.execute("UPDATE tasks SET archived = 0, archived_failed = NULL WHERE task_id = %s", (task_id,))
+        conn.execute(
+            "INSERT INTO task_restores (task_id, restored_at) VALUES (%s, %s)"
+            " ON CONFLICT (task_id) DO UPDATE SET restored_at = excluded.restored_at",
+            (task_id, format_ms(time.time_ns())),
+        )
+        conn.execute("DELETE FROM archive_pending WHERE task_id = %s", (task_id,))
+
+    def _insert(self, conn: psycopg.Connection, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows (back) into `table`, those already there by their keys kept as they are."""
+        if not rows:
+            return
+        names = list(rows[0])
+        if table not in self._columns_of:
+            self._columns_of[table] = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,)
+                )
+            }
+        columns = self._columns_of[table]
+        if not set(names) <= columns or any(list(row) != names for row in rows):
+            raise ArchiveError(
+                f"{table} rows with columns the store does not have: {sorted(set(names) - columns)}"
+            )
+        overriding = " OVERRIDING SYSTEM VALUE" if table == "task_events" else ""  # the archived event_ids
+        marks = ", ".join(["%s"] * len(names))
+        sql = f"INSERT INTO {table} ({', '.join(names)}){overriding} VALUES ({marks}) ON CONFLICT DO NOTHING"
+        with conn.cursor() as cur:
+            cur.executemany(sql, [[row[n] for n in names] for row in rows])
+
+    def _bring_back(self, conn: psycopg.Connection, task_ids: Iterable[str]) -> None:
+        """Restore, inside the batch's transaction, the archived tasks among `task_ids` (as
+        StoreWriter's): one whose archive cannot be read stays archived, and none of its rows are
+        removed any more; `taskevents restore` brings the archive back once it can be read."""
+        ids = list(task_ids)
+        if not ids:
+            return
+        archived = conn.execute(
+            "SELECT task_id, latest_seq FROM tasks WHERE archived = 1 AND task_id = ANY(%s)", (ids,)
+        ).fetchall()
+        for task_id, latest_seq in archived:
+            try:
+                if self.archive is None:
+                    raise ArchiveError("no archive directory configured")
+                self._put_back(conn, task_id, self.archive.read(task_id))
+            except ArchiveError as exc:
+                log.error("a late event for archived task %r, whose archive cannot be read: %s", task_id, exc)
+                conn.execute("DELETE FROM archive_pending WHERE task_id = %s", (task_id,))
+                continue
+            log.info("task %r restored from its archive (seq 1..%d) for a late event", task_id, latest_seq)
 
     def _wal_position(self, batch_id: int) -> str | None:
         """After a commit: a WAL position at or past its commit record (the insert position, since

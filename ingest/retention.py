@@ -23,7 +23,6 @@ ends at that seq; a late event in between makes the request void, and the task w
 import hashlib
 import logging
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -35,10 +34,10 @@ import orjson
 import redis
 import zstandard
 
-from taskevents.archive import LEVEL, ArchiveError, DirectoryStore, Manifest, TaskArchive, read_rows
+from taskevents.archive import LEVEL, ArchiveError, DirectoryStore, Manifest, TaskArchive
 from taskevents.clock import format_ms
-from taskevents.db import open_reader
-from taskevents.keys import QueueKeys
+from taskevents.ingest.storereads import StoreReads
+from taskevents.keys import QueueKeys, control_of, partition_queues
 from taskevents.messages import ControlRequest
 from taskevents.settings import Settings
 
@@ -56,16 +55,6 @@ BUSY_PACE = 30.0
 BUSY_RATE = 100.0
 LOCK_TTL_MS = 10_000  # a pass SIGKILLed holds the lock this long at most
 
-_CANDIDATES = """
-SELECT task_id, latest_seq, event_count, last_at FROM tasks INDEXED BY idx_tasks_archivable
-WHERE archived = 0 AND status != 'running' AND last_at < ?1
-AND NOT EXISTS (SELECT 1 FROM task_restores AS r WHERE r.task_id = tasks.task_id AND r.restored_at >= ?1)
-ORDER BY last_at LIMIT ?2
-"""
-_NAMED = """
-SELECT task_id, latest_seq, event_count, last_at, status, archived FROM tasks
-WHERE task_id IN (SELECT value FROM json_each(?))
-"""
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -191,11 +180,11 @@ def _archive_tasks(
     pace: float,
 ) -> None:
     archive = TaskArchive.at(settings.archive_dir)
-    pacer = _Pacer(client, keys, pace)
-    reader = open_reader(settings.sqlite_path)
+    pacer = _Pacer(client, settings, pace)
+    reader = StoreReads(settings)
     try:
         if task_ids:
-            rows = reader.execute(_NAMED, (orjson.dumps(list(task_ids)),)).fetchall()
+            rows = reader.named(list(task_ids))
             found = {row[0]: row for row in rows}
             candidates = []
             for task_id in task_ids:
@@ -211,7 +200,7 @@ def _archive_tasks(
         else:
             age = settings.retention if older_than is None else older_than
             cutoff = format_ms(time.time_ns() - int(age * 1e9))
-            candidates = reader.execute(_CANDIDATES, (cutoff, MAX_TASKS + 1)).fetchall()
+            candidates = reader.candidates(cutoff, MAX_TASKS + 1)
             # A full list may have more behind it, even if some listed tasks are skipped (changed).
             report.more = len(candidates) > MAX_TASKS
         for task_id, _, event_count, _ in candidates:
@@ -236,7 +225,8 @@ def _archive_tasks(
             request = ControlRequest(
                 op="archived", task_id=task_id, latest_seq=manifest.last_seq, sha256=manifest.sha256
             )
-            client.rpush(keys.control, request.encode())
+            # To the worker of the task's partition: the one writer of its rows.
+            client.rpush(control_of(settings, task_id), request.encode())
             report.archived.append(task_id)
             report.events += manifest.event_count
             lock.renew()
@@ -253,15 +243,16 @@ class _Pacer:
     """The sleep after each task: `pace` times its work, BUSY_PACE times while the worker is storing
     events (its `ingested` counter in Redis grew by more than BUSY_RATE a second since the last look)."""
 
-    def __init__(self, client: redis.Redis, keys: QueueKeys, pace: float) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, pace: float) -> None:
         self._redis = client
-        self._keys = keys
+        # Every partition's worker counts its own.
+        self._stats = [QueueKeys(q).stats for q in partition_queues(settings.queue, settings.partitions)]
         self.pace = pace
         self._last = self._sample()
 
     def _sample(self) -> tuple[float, int]:
-        ingested = cast("bytes | None", self._redis.hget(self._keys.stats, "ingested"))
-        return time.monotonic(), int(ingested or 0)
+        counts = [cast("bytes | None", self._redis.hget(key, "ingested")) for key in self._stats]
+        return time.monotonic(), sum(int(n or 0) for n in counts)
 
     def busy(self) -> bool:
         (then, before), (now, after) = self._last, self._sample()
@@ -274,14 +265,10 @@ class _Pacer:
         time.sleep(worked * (max(self.pace, BUSY_PACE) if self.busy() else self.pace))
 
 
-def _archive_one(reader: sqlite3.Connection, archive: TaskArchive, task_id: str) -> Manifest | None:
+def _archive_one(reader: StoreReads, archive: TaskArchive, task_id: str) -> Manifest | None:
     """The task's archive, written from one snapshot of its rows; None if it is not to be archived
     (it changed since it was listed: archived meanwhile, running again, or empty)."""
-    reader.execute("BEGIN")
-    try:
-        rows = read_rows(reader, task_id)
-    finally:
-        reader.execute("COMMIT")
+    rows = reader.task_rows(task_id)
     if rows is None or rows.task["archived"] or rows.task["status"] == "running" or not rows.events:
         return None
     return archive.write(rows, format_ms(time.time_ns()))
@@ -291,14 +278,12 @@ def _check_archives(settings: Settings, report: PassReport) -> None:
     """A sample of archived tasks' archives checked against their manifests: a file lost or damaged
     is reported (and logged) by the pass, not only met by a reader (410, 503)."""
     archive = TaskArchive.at(settings.archive_dir)
-    reader = open_reader(settings.sqlite_path)
+    reader = StoreReads(settings)
     try:
-        sample = reader.execute(
-            "SELECT task_id FROM tasks WHERE archived = 1 ORDER BY random() LIMIT ?", (CHECKED,)
-        ).fetchall()
+        sample = reader.archived_sample(CHECKED)
     finally:
         reader.close()
-    for (task_id,) in sample:
+    for task_id in sample:
         try:
             archive.verified(task_id)
         except ArchiveError as exc:

@@ -28,7 +28,7 @@ def open_store_writer(settings: Settings, archive: TaskArchive) -> BatchWriter:
 
         pg = open_pg_writer(settings.db)
         try:
-            return PgStoreWriter(pg, part=settings.partition, partitions=settings.partitions)
+            return PgStoreWriter(pg, part=settings.partition, partitions=settings.partitions, archive=archive)
         except BaseException:
             pg.close()
             raise

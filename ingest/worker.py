@@ -50,7 +50,7 @@ from taskevents.ingest.lease import Lease, LeaseHeld, LeaseLost
 from taskevents.ingest.queue import Claim, WorkQueue
 from taskevents.ingest.recovery import recover
 from taskevents.ingest.stores import open_store_writer, postgres_error, store_identity
-from taskevents.ingest.writer import BatchWriter, CommitResult, DeadMark, Decoded, StoreFenced, StoreWriter
+from taskevents.ingest.writer import BatchWriter, CommitResult, DeadMark, Decoded, StoreFenced
 from taskevents.keys import QueueKeys
 from taskevents.messages import CommitNotice, Heartbeat, WorkerStats
 from taskevents.schema import SchemaError
@@ -184,7 +184,7 @@ class Worker:
         self._writer_file: tuple[int, int] | None = None  # the SQLite file it has open (st_dev, st_ino)
         self._archive = TaskArchive.at(settings.archive_dir)
         # Retention's steps are SQLite's so far: on PostgreSQL nothing is archived (docs/scaling.md).
-        self.retention = Retention(self._redis, keys, self._archive, enabled=not settings.postgres)
+        self.retention = Retention(self._redis, keys, self._archive)
 
     # --- the store -------------------------------------------------------------------------------
 
@@ -469,11 +469,11 @@ class Worker:
         """One bounded step of retention (ingest/archived.py) on the store's one writer; True if more
         remains. Its store errors are the store's: they surface in the next commit."""
         writer = self.writer
-        if not isinstance(writer, StoreWriter):
-            return False  # retention's steps are SQLite's (disabled on PostgreSQL)
         try:
             return self._retry(partial(self.retention.step, writer))
-        except sqlite3.Error as exc:
+        except Exception as exc:
+            if not isinstance(exc, sqlite3.Error) and postgres_error(exc) is None:
+                raise
             log.warning("retention step failed: %s", exc)
             return False
 

@@ -150,18 +150,23 @@ class TaskRows:
         return str(self.task["task_id"])
 
 
-def read_rows(conn: sqlite3.Connection, task_id: str) -> TaskRows | None:
-    """The task's rows, read in the caller's transaction (one snapshot); None if the store has none."""
+def read_rows(conn: Any, task_id: str) -> TaskRows | None:
+    """The task's rows, read in the caller's transaction (one snapshot); None if the store has none.
+    `conn`: a sqlite3 connection, or a psycopg one (a PostgreSQL store: the same tables)."""
+    mark = "?" if isinstance(conn, sqlite3.Connection) else "%s"
 
     def rows(sql: str) -> list[dict[str, Any]]:
-        cur = conn.execute(sql, (task_id,))
+        cur = conn.execute(sql.replace("?", mark), (task_id,))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
     tasks = rows("SELECT * FROM tasks WHERE task_id = ?")
     if not tasks:
         return None
-    spans = rows("SELECT * FROM spans WHERE task_id = ? ORDER BY span_id")
+    # Spans by span_id in code point order on both stores (SQLite's text order), so that an archive
+    # written from either has its rows in the same order.
+    order = "" if mark == "?" else ' COLLATE "C"'
+    spans = rows(f"SELECT * FROM spans WHERE task_id = ? ORDER BY span_id{order}")
     events = rows("SELECT * FROM task_events WHERE task_id = ? ORDER BY seq")
     return TaskRows(tasks[0], spans, events)
 

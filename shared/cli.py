@@ -93,19 +93,6 @@ def store_usable(settings: Settings) -> None:
         )
 
 
-def sqlite_only(settings: Settings, what: str) -> None:
-    """Refuse a PostgreSQL store where only SQLite is served yet: a clear message, not a traceback."""
-    try:
-        settings.check_partitions()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    if settings.postgres:
-        raise click.UsageError(
-            f"{what} reads SQLite stores only so far, and TASKEVENTS_DB is a PostgreSQL URL "
-            "(docs/scaling.md says what runs on PostgreSQL)"
-        )
-
-
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),

@@ -2,6 +2,10 @@
 
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from taskevents.settings import ProducerSettings
 
 # Batches in flight at once: one being committed while the next is claimed and validated.
 SLOTS = 2
@@ -22,6 +26,13 @@ def partition_queue(queue: str, partition: int, partitions: int) -> str:
     if not 0 <= partition < partitions:
         raise ValueError(f"partition {partition} of {partitions}: must be 0 to {partitions - 1}")
     return queue if partitions == 1 else f"{{{queue}:{partition}}}"
+
+
+def control_of(settings: "ProducerSettings", task_id: str) -> str:
+    """The control list (archive and restore requests) of the worker that writes the task's rows:
+    its partition's."""
+    queue = partition_queue(settings.queue, partition_of(task_id, settings.partitions), settings.partitions)
+    return QueueKeys(queue).control
 
 
 def partition_queues(queue: str, partitions: int) -> list[str]:

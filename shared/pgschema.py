@@ -184,6 +184,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE tasks ALTER COLUMN task_id TYPE text COLLATE "C", ALTER COLUMN last_at TYPE text COLLATE "C";
     """
     + _EXIT_STATUS,
+    # Retention with a partitioned queue: each partition's writer removes only its own tasks' rows.
+    """
+    ALTER TABLE archive_pending ADD COLUMN part integer NOT NULL DEFAULT 0;
+    CREATE INDEX idx_archive_pending_part ON archive_pending (part);
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -116,7 +116,8 @@ def test_the_postgres_profile_runs_one_worker_per_partition_and_the_api_on_one_s
 ) -> None:
     profiled = {name for name, service in services.items() if "postgres" in service.get("profiles", [])}
     workers = sorted(name for name in profiled if name.startswith("pg-worker-"))
-    assert profiled == {"postgres", "pg-api", *workers}
+    assert profiled == {"postgres", "pg-api", "pg-jobs", *workers}
+    assert argv(services["pg-jobs"]["command"]) == procfile()["jobs"]
     env = services["pg-api"]["environment"]
     assert env["TASKEVENTS_DB"].startswith("postgresql://") and env["TASKEVENTS_DB"].endswith(
         "@postgres:5432/taskevents"
@@ -136,7 +137,9 @@ def test_the_postgres_profile_runs_one_worker_per_partition_and_the_api_on_one_s
             *command[-2:],
         ]
         for key in ("TASKEVENTS_DB", "TASKEVENTS_QUEUE", "TASKEVENTS_PARTITIONS", "TASKEVENTS_REDIS_URL"):
-            assert service["environment"][key] == env[key], (name, key)
+            assert service["environment"][key] == env[key] == services["pg-jobs"]["environment"][key], key
+        # Late events bring archived tasks back from the archives the jobs write.
+        assert service["volumes"] == services["pg-jobs"]["volumes"] == services["pg-api"]["volumes"]
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert partitions == list(range(len(workers)))  # each partition's worker, once
     # Its own queue name: the SQLite stack's events are not the partitioned workers' strays.

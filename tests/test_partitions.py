@@ -365,3 +365,46 @@ def test_the_health_check_and_the_dead_letter_count_cover_every_partition(
     finally:
         worker.terminate()
         worker.wait(20)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis_server
+def test_retention_on_a_partitioned_queue_each_task_by_its_partition_s_worker(
+    pg: PostgresServer | ExternalPostgres, settings: Settings, client: redis.Redis
+) -> None:
+    from taskevents.ingest.retention import archive_pass
+    from tests.api_helpers import api_client
+
+    settings = _partitioned(pg, settings, "parts_retention", 2)
+    tasks = [f"r{i}" for i in range(12)]
+    assert {partition_of(t, 2) for t in tasks} == {0, 1}
+    workers = [start_worker(_of(settings, p)) for p in range(2)]
+    em = Emitter.from_settings(settings)
+    try:
+        for t in tasks:
+            em.emit(t, "runner_spawn", span_id="r", actor="runner")
+            em.emit(t, "runner_exit", span_id="r", actor="runner", payload={"exit_code": 0})
+        assert em.flush(5)
+        wait_for(lambda: stored(settings.db) == 2 * len(tasks), timeout=30)
+        with api_client(settings) as http:
+            before = {t: http.get(f"/api/tasks/{t}/events").content for t in tasks}
+            report = archive_pass(settings, older_than=0, pace=0)
+            assert sorted(report.archived) == sorted(tasks)
+            # Each request went to the control list of the task's partition, and its worker applied it.
+            wait_for(lambda: stored(settings.db) == 0, timeout=30)
+            marks = rows(settings.db, "SELECT task_id, archived FROM tasks")
+            assert sorted(marks) == sorted((t, 1) for t in tasks)
+            assert rows(settings.db, "SELECT count(*) FROM archive_pending") == [(0,)]
+            for t in tasks:  # read from their archives, as they were
+                assert http.get(f"/api/tasks/{t}/events").content == before[t]
+            # A late event: its partition's worker brings the task back, and the seq goes on.
+            em.emit(tasks[0], "runner_heartbeat", span_id="r", actor="runner")
+            assert em.flush(5)
+            wait_for(lambda: stored(settings.db) == 3, timeout=30)
+            got = http.get(f"/api/tasks/{tasks[0]}/events").json()["events"]
+            assert [e["seq"] for e in got] == [1, 2, 3]
+    finally:
+        em.close(5)
+        for worker in workers:
+            worker.terminate()
+            worker.wait(20)

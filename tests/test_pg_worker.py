@@ -232,18 +232,6 @@ def test_postgresql_stopped_restarted_and_killed_during_ingest_loses_nothing(
     assert "takes writes again" in log.read_text() or "cannot write the store" in log.read_text()
 
 
-def test_commands_that_read_sqlite_only_refuse_a_postgresql_store(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from taskevents.cli import main
-
-    url = "postgresql://taskevents@127.0.0.1:1/none"
-    for args in (["archive", "--db", url, "--list"], ["jobs", "--db", url]):
-        answer = CliRunner().invoke(main, args)
-        assert answer.exit_code == 2, (args, answer.output)
-        assert "reads SQLite stores only so far" in answer.output, answer.output
-
-
 def test_a_postgresql_url_without_a_database_is_refused() -> None:
     with pytest.raises(ValueError, match="database name"):
         Settings(db="postgresql://taskevents@127.0.0.1:5")

@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -19,14 +18,16 @@ import redis
 import zstandard
 from click.testing import CliRunner
 
-from taskevents.archive import TaskArchive, TaskRows, key, read_rows
+from taskevents.archive import TaskArchive, TaskRows, key
 from taskevents.cli import main
-from taskevents.db import open_reader, open_writer
+from taskevents.db import open_writer
 from taskevents.ingest.retention import PassLock, archive_pass
+from taskevents.ingest.storereads import StoreReads
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 from taskevents.simulate import simulate
-from tests.helpers import rows, wait_for, worker_env
+from tests.helpers import rows, store_made, store_rows, wait_for, worker_env
+from tests.pgserver import STORES
 from tests.stream_helpers import Live, event_seqs, live, read_frames
 
 pytestmark = pytest.mark.redis_server
@@ -38,29 +39,30 @@ def stack(settings: Settings) -> Iterator[Live]:
         yield lv
 
 
-def _store_rows(db: Path, task_id: str) -> TaskRows | None:
-    conn = open_reader(db)
+def _store_rows(settings: Settings, task_id: str) -> TaskRows | None:
+    reader = StoreReads(settings)
     try:
-        conn.execute("BEGIN")
-        return read_rows(conn, task_id)
+        return reader.task_rows(task_id)
     finally:
-        conn.close()
+        reader.close()
 
 
-def _tasks(db: Path) -> dict[str, tuple[int, str, int]]:
-    """task id -> (latest_seq, status, archived)."""
-    return {
-        t: (s, st, a) for t, s, st, a in rows(db, "SELECT task_id, latest_seq, status, archived FROM tasks")
-    }
+def _tasks(settings: Settings) -> dict[str, tuple[int, str, int]]:
+    """task id -> (latest_seq, status, archived); none while the worker has not made the store."""
+    if not store_made(settings):
+        return {}
+    found = store_rows(settings, "SELECT task_id, latest_seq, status, archived FROM tasks")
+    return {t: (s, st, a) for t, s, st, a in found}
 
 
-def _emptied(db: Path, task_ids: list[str]) -> bool:
+def _emptied(settings: Settings, task_ids: list[str]) -> bool:
     """Every given task archived and its rows gone from the store."""
-    marks = dict(rows(db, "SELECT task_id, archived FROM tasks"))
-    left = rows(db, "SELECT count(*) FROM task_events WHERE task_id IN (SELECT value FROM json_each(?))",
-                orjson.dumps(task_ids).decode())  # fmt: skip
-    pending = rows(db, "SELECT count(*) FROM archive_pending")
-    return all(marks.get(t) == 1 for t in task_ids) and left == [(0,)] and pending == [(0,)]
+    marks = dict(store_rows(settings, "SELECT task_id, archived FROM tasks"))
+    left = sum(
+        store_rows(settings, "SELECT count(*) FROM task_events WHERE task_id = ?", t)[0][0] for t in task_ids
+    )
+    pending = store_rows(settings, "SELECT count(*) FROM archive_pending")
+    return all(marks.get(t) == 1 for t in task_ids) and left == 0 and pending == [(0,)]
 
 
 def _answers(api: str, task_id: str) -> dict[str, bytes]:
@@ -113,25 +115,26 @@ def _normalized(answers: dict[str, bytes]) -> dict[str, bytes]:
             for p, b in answers.items()}  # fmt: skip
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_archived_tasks_read_the_same_restore_exactly_and_a_late_event_continues_the_seq(
     stack: Live, settings: Settings
 ) -> None:
     total = simulate(stack.emitter, tasks=6, concurrency=6, rate=0, seed=11, prefix="ret", leave_running=1)
     stack.emitter.flush()
-    wait_for(lambda: sum(s for s, _, _ in _tasks(settings.sqlite_path).values()) == total, timeout=60)
-    tasks = _tasks(settings.sqlite_path)
+    wait_for(lambda: sum(s for s, _, _ in _tasks(settings).values()) == total, timeout=60)
+    tasks = _tasks(settings)
     ended = sorted(t for t, (_, status, _) in tasks.items() if status != "running")
     running = [t for t, (_, status, _) in tasks.items() if status == "running"]
     assert len(ended) == 5 and len(running) == 1
     before = {t: _answers(stack.api.url, t) for t in tasks}
-    rows_before = {t: _store_rows(settings.sqlite_path, t) for t in tasks}
+    rows_before = {t: _store_rows(settings, t) for t in tasks}
 
     report = archive_pass(settings, older_than=0)
     assert sorted(report.archived) == ended and report.events == sum(tasks[t][0] for t in ended)
-    wait_for(lambda: _emptied(settings.sqlite_path, ended), timeout=30)
-    assert _tasks(settings.sqlite_path)[running[0]][2] == 0  # a running task is never archived
-    spans = "SELECT count(*) FROM spans WHERE task_id IN (SELECT value FROM json_each(?))"
-    assert rows(settings.sqlite_path, spans, orjson.dumps(ended).decode()) == [(0,)]
+    wait_for(lambda: _emptied(settings, ended), timeout=30)
+    assert _tasks(settings)[running[0]][2] == 0  # a running task is never archived
+    for t in ended:
+        assert store_rows(settings, "SELECT count(*) FROM spans WHERE task_id = ?", t) == [(0,)]
 
     # Every endpoint answers as before, from the archive; only `archived` says where from.
     for t in ended:
@@ -147,12 +150,12 @@ def test_archived_tasks_read_the_same_restore_exactly_and_a_late_event_continues
 
     # Restored: the same rows as before, to the byte.
     done = CliRunner().invoke(
-        main, ["restore", *ended[:2], "--redis-url", settings.redis_url, "--db", str(settings.sqlite_path),
+        main, ["restore", *ended[:2], "--redis-url", settings.redis_url, "--db", str(settings.db),
                "--queue", settings.queue], env={"TASKEVENTS_ARCHIVE_DIR": str(settings.archive_dir)},
     )  # fmt: skip
     assert done.exit_code == 0, done.output
     for t in ended[:2]:
-        assert _store_rows(settings.sqlite_path, t) == rows_before[t]
+        assert _store_rows(settings, t) == rows_before[t]
         assert _answers(stack.api.url, t) == before[t]
 
     # A late event for an archived task: the task comes back, its seq goes on after the archived ones.
@@ -160,21 +163,22 @@ def test_archived_tasks_read_the_same_restore_exactly_and_a_late_event_continues
     latest = tasks[late][0]
     stack.emitter.emit(late, "runner_heartbeat", span_id=f"{late}/runner", actor="runner")
     stack.emitter.flush()
-    wait_for(lambda: _tasks(settings.sqlite_path)[late] == (latest + 1, tasks[late][1], 0), timeout=30)
-    got = _store_rows(settings.sqlite_path, late)
+    wait_for(lambda: _tasks(settings)[late] == (latest + 1, tasks[late][1], 0), timeout=30)
+    got = _store_rows(settings, late)
     assert got is not None and [e["seq"] for e in got.events] == list(range(1, latest + 2))
     old = rows_before[late]
     assert old is not None and got.events[:-1] == old.events  # the archived events, as they were
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_a_missing_or_damaged_archive_answers_410_or_503_never_a_500(stack: Live, settings: Settings) -> None:
     for task in ("gone", "bad"):
         stack.emitter.emit(task, "runner_spawn", span_id=f"{task}/r", actor="runner")
         stack.emitter.emit(task, "runner_exit", span_id=f"{task}/r", actor="runner", payload={"exit_code": 0})
     stack.emitter.flush()
-    wait_for(lambda: len(_tasks(settings.sqlite_path)) == 2, timeout=30)
+    wait_for(lambda: len(_tasks(settings)) == 2, timeout=30)
     archive_pass(settings, older_than=0)
-    wait_for(lambda: _emptied(settings.sqlite_path, ["gone", "bad"]), timeout=30)
+    wait_for(lambda: _emptied(settings, ["gone", "bad"]), timeout=30)
     (settings.archive_dir / key("gone")).unlink()
     path = settings.archive_dir / key("bad")
     path.write_bytes(path.read_bytes()[:-3] + b"xyz")
@@ -192,20 +196,21 @@ def test_a_missing_or_damaged_archive_answers_410_or_503_never_a_500(stack: Live
     report = archive_pass(settings)  # a pass reports them too
     assert set(report.damaged) == {"gone", "bad"} and "SHA-256" in report.damaged["bad"]
     done = CliRunner().invoke(
-        main, ["restore", "bad", "--redis-url", settings.redis_url, "--db", str(settings.sqlite_path),
+        main, ["restore", "bad", "--redis-url", settings.redis_url, "--db", str(settings.db),
                "--queue", settings.queue, "--timeout", "1"],
         env={"TASKEVENTS_ARCHIVE_DIR": str(settings.archive_dir)},
     )  # fmt: skip
     assert done.exit_code == 1 and "SHA-256" in done.output
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_archive_command_lists_dry_runs_and_refuses_running_tasks(stack: Live, settings: Settings) -> None:
     stack.emitter.emit("done", "runner_spawn", span_id="done/r", actor="runner")
     stack.emitter.emit("done", "runner_exit", span_id="done/r", actor="runner", payload={"exit_code": 1})
     stack.emitter.emit("busy", "runner_spawn", span_id="busy/r", actor="runner")
     stack.emitter.flush()
-    wait_for(lambda: len(_tasks(settings.sqlite_path)) == 2, timeout=30)
-    base = ["--redis-url", settings.redis_url, "--db", str(settings.sqlite_path), "--queue", settings.queue]
+    wait_for(lambda: len(_tasks(settings)) == 2, timeout=30)
+    base = ["--redis-url", settings.redis_url, "--db", str(settings.db), "--queue", settings.queue]
     env = {"TASKEVENTS_ARCHIVE_DIR": str(settings.archive_dir)}
     runner = CliRunner()
     done = runner.invoke(main, ["archive", "--dry-run", "--older-than", "0s", *base], env=env)
@@ -222,10 +227,11 @@ def test_archive_command_lists_dry_runs_and_refuses_running_tasks(stack: Live, s
     done = runner.invoke(main, ["archive", "--older-than", "soon", *base], env=env)
     assert done.exit_code == 2 and "not a duration" in done.output
     assert TaskArchive.at(settings.archive_dir).manifest("done").event_count == 2
-    wait_for(lambda: _emptied(settings.sqlite_path, ["done"]), timeout=30)
-    assert sqlite3.connect(settings.sqlite_path).execute("PRAGMA auto_vacuum").fetchone() == (
-        2,
-    )  # incremental
+    wait_for(lambda: _emptied(settings, ["done"]), timeout=30)
+    if not settings.postgres:
+        assert sqlite3.connect(settings.sqlite_path).execute("PRAGMA auto_vacuum").fetchone() == (
+            2,
+        )  # incremental
 
 
 def _archive_files(settings: Settings) -> int:
@@ -235,7 +241,7 @@ def _archive_files(settings: Settings) -> int:
 def _archived_seqs(settings: Settings, task_ids: list[str]) -> dict[str, list[int]]:
     """Each task's seqs across the store and its archive (an archived task's, from its archive)."""
     archive = TaskArchive.at(settings.archive_dir)
-    marks = dict(rows(settings.sqlite_path, "SELECT task_id, archived FROM tasks"))
+    marks = dict(store_rows(settings, "SELECT task_id, archived FROM tasks"))
     out: dict[str, list[int]] = {}
     for t in task_ids:
         if marks.get(t) == 1:
@@ -243,8 +249,8 @@ def _archived_seqs(settings: Settings, task_ids: list[str]) -> dict[str, list[in
         else:
             out[t] = [
                 s
-                for (s,) in rows(
-                    settings.sqlite_path, "SELECT seq FROM task_events WHERE task_id = ? ORDER BY seq", t
+                for (s,) in store_rows(
+                    settings, "SELECT seq FROM task_events WHERE task_id = ? ORDER BY seq", t
                 )
             ]
     return out
@@ -256,8 +262,8 @@ def test_jobs_sigkilled_mid_pass_again_and_again_lose_and_double_nothing(
 ) -> None:
     total = simulate(stack.emitter, tasks=400, concurrency=40, rate=0, seed=21, prefix="kill")
     stack.emitter.flush()
-    wait_for(lambda: sum(s for s, _, _ in _tasks(settings.sqlite_path).values()) == total, timeout=120)
-    tasks = _tasks(settings.sqlite_path)
+    wait_for(lambda: sum(s for s, _, _ in _tasks(settings).values()) == total, timeout=120)
+    tasks = _tasks(settings)
     env = worker_env(
         settings, TASKEVENTS_RETENTION="0s", TASKEVENTS_ARCHIVE_EVERY="1s", TASKEVENTS_LOG_LEVEL="WARNING"
     )
@@ -274,7 +280,7 @@ def test_jobs_sigkilled_mid_pass_again_and_again_lose_and_double_nothing(
             jobs.wait(10)
     jobs = subprocess.Popen(command, env=env)  # the last one finishes the work
     try:
-        wait_for(lambda: _emptied(settings.sqlite_path, list(tasks)), timeout=120, interval=0.2)
+        wait_for(lambda: _emptied(settings, list(tasks)), timeout=120, interval=0.2)
     finally:
         jobs.terminate()
         assert jobs.wait(30) == 0  # a warm stop
@@ -289,8 +295,8 @@ def test_archiving_during_full_speed_ingest_loses_and_doubles_nothing(
 ) -> None:
     first = simulate(stack.emitter, tasks=100, concurrency=20, rate=0, seed=31, prefix="old")
     stack.emitter.flush()
-    wait_for(lambda: sum(s for s, _, _ in _tasks(settings.sqlite_path).values()) == first, timeout=60)
-    old = list(_tasks(settings.sqlite_path))
+    wait_for(lambda: sum(s for s, _, _ in _tasks(settings).values()) == first, timeout=60)
+    old = list(_tasks(settings))
     done = threading.Event()
 
     def passes() -> None:
@@ -307,7 +313,7 @@ def test_archiving_during_full_speed_ingest_loses_and_doubles_nothing(
             stack.emitter.emit(t, "runner_heartbeat", span_id=f"{t}/runner", actor="runner")
         stack.emitter.flush()
         wait_for(
-            lambda: sum(s for s, _, _ in _tasks(settings.sqlite_path).values()) == first + more + 20,
+            lambda: sum(s for s, _, _ in _tasks(settings).values()) == first + more + 20,
             timeout=120,
         )
     finally:
@@ -315,10 +321,10 @@ def test_archiving_during_full_speed_ingest_loses_and_doubles_nothing(
         archiver.join(60)
     while archive_pass(settings, older_than=0).more:  # each pass is bounded
         pass
-    tasks = _tasks(settings.sqlite_path)
+    tasks = _tasks(settings)
     ended = [t for t, (_, status, _) in tasks.items() if status != "running"]
     assert set(old) <= set(ended)
-    wait_for(lambda: _emptied(settings.sqlite_path, ended), timeout=60)
+    wait_for(lambda: _emptied(settings, ended), timeout=60)
     seqs = _archived_seqs(settings, list(tasks))
     assert all(seqs[t] == list(range(1, latest + 1)) for t, (latest, _, _) in tasks.items())
 
@@ -356,33 +362,34 @@ def test_old_dead_letters_move_to_a_file_before_they_leave_redis(settings: Setti
 def _archive_now(settings: Settings, task_id: str) -> None:
     report = archive_pass(settings, task_ids=[task_id])
     assert report.archived == [task_id], report
-    wait_for(lambda: _emptied(settings.sqlite_path, [task_id]), timeout=30)
+    wait_for(lambda: _emptied(settings, [task_id]), timeout=30)
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_a_late_event_beside_an_unreadable_archive_is_kept_and_restore_merges_it(
     stack: Live, settings: Settings
 ) -> None:
     for event_type in ("runner_spawn", "runner_heartbeat", "runner_exit"):
         stack.emitter.emit("late", event_type, span_id="late/r", actor="runner", payload={"exit_code": 0})
     stack.emitter.flush()
-    wait_for(lambda: _tasks(settings.sqlite_path).get("late", (0,))[0] == 3, timeout=30)
+    wait_for(lambda: _tasks(settings).get("late", (0,))[0] == 3, timeout=30)
     _archive_now(settings, "late")
     path = settings.archive_dir / key("late")
     good = path.read_bytes()
     path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     stack.emitter.emit("late", "runner_heartbeat", span_id="late/r", actor="runner")
     stack.emitter.flush()
-    wait_for(lambda: _tasks(settings.sqlite_path)["late"][0] == 4, timeout=30)  # stored, seq 4, all the same
+    wait_for(lambda: _tasks(settings)["late"][0] == 4, timeout=30)  # stored, seq 4, all the same
     time.sleep(1.0)  # the worker's retention steps run meanwhile: they must not remove it
-    assert rows(settings.sqlite_path, "SELECT seq FROM task_events WHERE task_id = 'late'") == [(4,)]
-    assert _tasks(settings.sqlite_path)["late"][2] == 1  # still archived: reads say its archive is damaged
+    assert store_rows(settings, "SELECT seq FROM task_events WHERE task_id = 'late'") == [(4,)]
+    assert _tasks(settings)["late"][2] == 1  # still archived: reads say its archive is damaged
     path.write_bytes(good)  # repaired
     done = CliRunner().invoke(
-        main, ["restore", "late", "--redis-url", settings.redis_url, "--db", str(settings.sqlite_path),
+        main, ["restore", "late", "--redis-url", settings.redis_url, "--db", str(settings.db),
                "--queue", settings.queue], env={"TASKEVENTS_ARCHIVE_DIR": str(settings.archive_dir)},
     )  # fmt: skip
     assert done.exit_code == 0, done.output
-    assert rows(settings.sqlite_path, "SELECT seq FROM task_events WHERE task_id = 'late' ORDER BY seq") == [
+    assert store_rows(settings, "SELECT seq FROM task_events WHERE task_id = 'late' ORDER BY seq") == [
         (1,),
         (2,),
         (3,),
@@ -390,23 +397,20 @@ def test_a_late_event_beside_an_unreadable_archive_is_kept_and_restore_merges_it
     ]
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_a_task_archived_again_is_read_from_its_new_archive(stack: Live, settings: Settings) -> None:
     stack.emitter.emit("again", "runner_spawn", span_id="again/r", actor="runner")
     stack.emitter.emit("again", "runner_exit", span_id="again/r", actor="runner", payload={"exit_code": 0})
     stack.emitter.flush()
-    wait_for(lambda: _tasks(settings.sqlite_path).get("again", (0,))[0] == 2, timeout=30)
+    wait_for(lambda: _tasks(settings).get("again", (0,))[0] == 2, timeout=30)
     _archive_now(settings, "again")
     with httpx.Client(base_url=stack.api.url) as http:
         assert http.get("/api/tasks/again/events").json()["total"] == 2  # loaded and kept by the API
         stack.emitter.emit("again", "runner_heartbeat", span_id="again/r", actor="runner")
         stack.emitter.flush()
-        wait_for(
-            lambda: _tasks(settings.sqlite_path)["again"] == (3, "succeeded", 0), timeout=30
-        )  # brought back
+        wait_for(lambda: _tasks(settings)["again"] == (3, "succeeded", 0), timeout=30)  # brought back
         _archive_now(settings, "again")
         body = http.get("/api/tasks/again/events").json()
         assert body["total"] == 3 and [e["seq"] for e in body["events"]] == [1, 2, 3]
         assert http.get("/api/tasks/again/events/snapshot").json()["archived"] is True
-    assert (
-        len(rows(settings.sqlite_path, "SELECT restored_at FROM task_restores WHERE task_id = 'again'")) == 1
-    )
+    assert len(store_rows(settings, "SELECT restored_at FROM task_restores WHERE task_id = 'again'")) == 1

@@ -17,6 +17,7 @@ from taskevents.ingest import jobs
 from taskevents.ingest.archived import BACKLOG, BUSY_SHARE, IDLE_SHARE, QUIET, ROWS, Retention
 from taskevents.ingest.writer import StoreWriter
 from taskevents.keys import QueueKeys
+from taskevents.settings import Settings
 
 
 class _Writer:
@@ -150,11 +151,11 @@ def test_a_pass_slows_to_its_busy_pace_while_the_worker_stores_events(
     keys = QueueKeys("t:events")
     slept: list[float] = []
     monkeypatch.setattr(retention.time, "sleep", slept.append)
-    pacer = retention._Pacer(client, keys, retention.PACE)
+    pacer = retention._Pacer(client, Settings(queue=keys.queue), retention.PACE)
     pacer.after(0.01)  # the worker idle: PACE times the work
     client.hincrby(keys.stats, "ingested", 10_000)  # it stored 10,000 events since
     pacer.after(0.01)
     pacer.after(0.01)  # and none since
     assert slept == pytest.approx([0.01 * retention.PACE, 0.01 * retention.BUSY_PACE, 0.01 * retention.PACE])
-    retention._Pacer(client, keys, 0).after(1.0)  # pace 0: full speed, asked for
+    retention._Pacer(client, Settings(queue=keys.queue), 0).after(1.0)  # pace 0: full speed, asked for
     assert len(slept) == 3
