@@ -92,6 +92,13 @@ def store_made(settings: Settings) -> bool:
     return True
 
 
+def store_count(settings: Settings) -> int:
+    """Events in the test's store, either kind; 0 while the worker has not made it yet."""
+    if not settings.postgres:
+        return stored_count(settings.sqlite_path)
+    return store_rows(settings, "SELECT count(*) FROM task_events")[0][0] if store_made(settings) else 0
+
+
 def stored_count(db: Path) -> int:
     """Events in the store; 0 while the worker has not created the file or its schema yet."""
     try:

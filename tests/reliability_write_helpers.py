@@ -12,7 +12,7 @@ import redis
 
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
-from tests.helpers import rows, started_workers, stored_count, worker_env
+from tests.helpers import started_workers, store_count, store_rows, worker_env
 
 
 def raw_event(task: str, i: int, *, uid: str | None = None, **extra: object) -> bytes:
@@ -45,12 +45,12 @@ def wait_until_stored(
 ) -> float:
     """Wait until `count` events are stored and the queue has settled; returns the seconds it took."""
     started = time.monotonic()
-    while not (stored_count(settings.sqlite_path) >= count and settled(client, settings)):
+    while not (store_count(settings) >= count and settled(client, settings)):
         if alive is not None and not alive():
             raise AssertionError("the worker died")
         if time.monotonic() - started > timeout:
             raise AssertionError(
-                f"after {timeout}s: {stored_count(settings.sqlite_path)} of {count} stored, "
+                f"after {timeout}s: {store_count(settings)} of {count} stored, "
                 f"queue {client.llen(settings.queue)}"
             )
         time.sleep(0.02)
@@ -59,7 +59,7 @@ def wait_until_stored(
 
 def last_batch(settings: Settings) -> int:
     try:
-        return int(rows(settings.sqlite_path, "SELECT last_batch_id FROM ingest_state")[0][0])
+        return int(store_rows(settings, "SELECT max(last_batch_id) FROM ingest_state")[0][0])
     except Exception:  # the store or its schema is not there yet
         return 0
 

@@ -20,7 +20,8 @@ from taskevents import Emitter
 from taskevents.ingest.worker import Worker
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
-from tests.helpers import rows, start_worker
+from tests.helpers import rows, start_worker, store_rows
+from tests.pgserver import STORES
 from tests.reliability_write_helpers import last_batch, raw_event, wait_until_stored
 
 pytestmark = pytest.mark.redis_server
@@ -82,6 +83,7 @@ def push_raw(settings: Settings) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_twenty_sigkills_during_a_200k_ingest_store_every_event_once_in_order(
     settings: Settings, client: redis.Redis
 ) -> None:
@@ -116,13 +118,14 @@ def test_twenty_sigkills_during_a_200k_ingest_store_every_event_once_in_order(
 
     assert len(in_flight_at_kill) == KILLS
     assert sum(1 for n in in_flight_at_kill if n) >= KILLS // 2, in_flight_at_kill  # mid-batch kills
-    assert rows(settings.sqlite_path, "SELECT count(*) FROM task_events") == [(TOTAL,)]
+    assert store_rows(settings, "SELECT count(*) FROM task_events") == [(TOTAL,)]
     assert client.llen(keys.dead) == 0
-    stored = rows(
-        settings.sqlite_path,
-        "SELECT task_id, seq, json_extract(payload, '$.p'), json_extract(payload, '$.i') "
-        "FROM task_events ORDER BY task_id, seq",
-    )
+    stored = [
+        (task, seq, body["p"], body["i"])
+        for task, seq, payload in store_rows(settings, "SELECT task_id, seq, payload FROM task_events")
+        for body in [orjson.loads(payload)]
+    ]
+    stored.sort()
     seen = {(p, i) for _, _, p, i in stored}
     expected = {(f"e{n}", i) for n in range(EMITTERS) for i in range(PER_EMITTER)} | {
         ("raw", i) for i in range(RAW)
@@ -138,9 +141,10 @@ def test_twenty_sigkills_during_a_200k_ingest_store_every_event_once_in_order(
         assert seqs == list(range(1, len(seqs) + 1)), task  # gap-free
     for key, items in by_producer_task.items():
         assert items == sorted(items), key  # one producer's events of a task: in the order sent
-    assert rows(settings.sqlite_path, "SELECT sum(event_count), sum(latest_seq) FROM tasks") == [
-        (TOTAL, TOTAL)
-    ]
+    assert [
+        tuple(int(n) for n in row)
+        for row in store_rows(settings, "SELECT sum(event_count), sum(latest_seq) FROM tasks")
+    ] == [(TOTAL, TOTAL)]
     duplicates = int(client.hget(keys.stats, "duplicates") or 0)
     assert duplicates >= len(resent)
     print(
