@@ -269,7 +269,10 @@ def archive_command(
         age = parse_duration(older_than) if older_than is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    report = archive_pass(settings, older_than=age, task_ids=task_ids, dry_run=dry_run)
+    try:
+        report = archive_pass(settings, older_than=age, task_ids=task_ids, dry_run=dry_run)
+    except PartitionsChanged as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(report.to_json())
         return
@@ -320,17 +323,18 @@ def restore_command(settings: Settings, task_ids: tuple[str, ...], timeout: floa
         client.rpush(control_of(settings, task_id), ControlRequest(op="restore", task_id=task_id).encode())
         waiting.append(task_id)
     deadline = time.monotonic() + timeout
-    while waiting and time.monotonic() < deadline:
-        reader = StoreReads(settings, "taskevents-restore")
-        try:
+    reader = StoreReads(settings, "taskevents-restore") if waiting else None
+    try:
+        while reader is not None and waiting and time.monotonic() < deadline:
             for task_id in list(waiting):
                 if reader.archived(task_id) == 0:
                     click.echo(f"restored {task_id}")
                     waiting.remove(task_id)
                     restored += 1
-        finally:
+            time.sleep(0.2)
+    finally:
+        if reader is not None:
             reader.close()
-        time.sleep(0.2)
     for task_id in waiting:
         click.echo(f"not restored yet: {task_id} (is the worker running? see its log)", err=True)
     if restored < len(set(task_ids)):

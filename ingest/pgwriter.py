@@ -119,6 +119,14 @@ class PgStoreWriter:
                 " RETURNING writer_epoch, last_batch_id, last_batch",
                 (self.part,),
             ).fetchone()
+            # Archived tasks still to empty that are this partition's now (the count was changed as
+            # docs/scaling.md says): their rows are this writer's to remove, no other's.
+            pending = self._conn.execute("SELECT task_id, part FROM archive_pending").fetchall()
+            mine = [t for t, p in pending if p != self.part and partition_of(t, self.partitions) == self.part]
+            if mine:
+                self._conn.execute(
+                    "UPDATE archive_pending SET part = %s WHERE task_id = ANY(%s)", (self.part, mine)
+                )
         assert row is not None  # made in __init__
         self.epoch = int(row[0])
         self.last_batch_id, self.last_batch = self._committed((row[1], row[2]))
@@ -216,6 +224,8 @@ class PgStoreWriter:
                 "SELECT task_id, last_seq FROM archive_pending WHERE part = %s LIMIT 8", (self.part,)
             ).fetchall()
             for task_id, last_seq in pending:
+                if partition_of(task_id, self.partitions) != self.part:
+                    continue  # tagged under another partition count: its owner takes it over (take_over)
                 dropped += conn.execute(
                     "DELETE FROM task_events WHERE task_id = %s AND seq IN (SELECT seq FROM task_events"
                     " WHERE task_id = %s AND seq <= %s LIMIT %s)",
@@ -274,9 +284,12 @@ class PgStoreWriter:
             with conn.transaction():  # a savepoint: the batch's transaction goes on without these rows
                 self._insert(conn, "spans", rows.spans)
                 self._insert(conn, "task_events", rows.events)
-        except psycopg.DataError as exc:
-            raise ArchiveError(f"its rows do not fit the store: {exc}") from None
-        except psycopg.IntegrityError as exc:
+        except psycopg.OperationalError:
+            raise  # the server or the connection: the store's fault, retried as any commit
+        except psycopg.DatabaseError as exc:
+            # What the archive holds does not fit (a CHECK, a type, a column): refused for this task
+            # alone, as SQLite's writer does, so that one archive can never stall the partition.
+            # Unlike SQLite's INSERT OR IGNORE, a row that breaks a CHECK refuses the whole restore.
             raise ArchiveError(f"its rows do not fit the store: {exc}") from None
         conn.execute("UPDATE tasks SET archived = 0, archived_failed = NULL WHERE task_id = %s", (task_id,))
         conn.execute(
@@ -295,7 +308,9 @@ class PgStoreWriter:
             self._columns_of[table] = {
                 r[0]
                 for r in conn.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,)
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = %s",
+                    (table,),
                 )
             }
         columns = self._columns_of[table]

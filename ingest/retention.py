@@ -37,6 +37,7 @@ import zstandard
 from taskevents.archive import LEVEL, ArchiveError, DirectoryStore, Manifest, TaskArchive
 from taskevents.clock import format_ms
 from taskevents.ingest.storereads import StoreReads
+from taskevents.ingest.writer import PartitionsChanged
 from taskevents.keys import QueueKeys, control_of, partition_queues
 from taskevents.messages import ControlRequest
 from taskevents.settings import Settings
@@ -183,6 +184,14 @@ def _archive_tasks(
     pacer = _Pacer(client, settings, pace)
     reader = StoreReads(settings)
     try:
+        # Requests go to the partitions' control lists: with another count than the workers', no
+        # worker would read them (and every pass would write the same archives again).
+        recorded = reader.partitions()
+        if recorded is not None and recorded != settings.partitions:
+            raise PartitionsChanged(
+                f"the store's queue has {recorded} partitions and this pass was given "
+                f"{settings.partitions} (TASKEVENTS_PARTITIONS)"
+            )
         if task_ids:
             rows = reader.named(list(task_ids))
             found = {row[0]: row for row in rows}
@@ -294,7 +303,15 @@ def _check_archives(settings: Settings, report: PassReport) -> None:
 def _age_dead_letters(
     settings: Settings, client: redis.Redis, keys: QueueKeys, lock: PassLock, report: PassReport
 ) -> None:
-    """Dead letters older than TASKEVENTS_DEAD_RETENTION, oldest first, to `dead/<hash>.jsonl.zst`."""
+    """Dead letters older than TASKEVENTS_DEAD_RETENTION, oldest first, to `dead/<hash>.jsonl.zst`:
+    every partition's (each worker sets aside into its own list)."""
+    for queue in partition_queues(settings.queue, settings.partitions):
+        _age_dead_list(settings, client, QueueKeys(queue), lock, report)
+
+
+def _age_dead_list(
+    settings: Settings, client: redis.Redis, keys: QueueKeys, lock: PassLock, report: PassReport
+) -> None:
     cutoff = format_ms(time.time_ns() - int(settings.dead_retention * 1e9))
     blobs = DirectoryStore(Path(settings.archive_dir))
     trim = client.register_script(_TRIM_DEAD)

@@ -94,5 +94,13 @@ class StoreReads:
         row = self._conn.execute(sql, (task_id,)).fetchone()
         return None if row is None else int(row[0])
 
+    def partitions(self) -> int | None:
+        """The queue's partition count the store records (PostgreSQL's first worker records it); None
+        for SQLite (one partition, always) or a store no worker has taken yet."""
+        if not self.postgres:
+            return None
+        row = self._conn.execute("SELECT partitions FROM deployment").fetchone()
+        return None if row is None else int(row[0])
+
     def close(self) -> None:
         self._conn.close()

@@ -183,7 +183,6 @@ class Worker:
         self._writer: BatchWriter | None = None
         self._writer_file: tuple[int, int] | None = None  # the SQLite file it has open (st_dev, st_ino)
         self._archive = TaskArchive.at(settings.archive_dir)
-        # Retention's steps are SQLite's so far: on PostgreSQL nothing is archived (docs/scaling.md).
         self.retention = Retention(self._redis, keys, self._archive)
 
     # --- the store -------------------------------------------------------------------------------

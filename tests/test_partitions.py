@@ -373,6 +373,8 @@ def test_retention_on_a_partitioned_queue_each_task_by_its_partition_s_worker(
     pg: PostgresServer | ExternalPostgres, settings: Settings, client: redis.Redis
 ) -> None:
     from taskevents.ingest.retention import archive_pass
+    from taskevents.ingest.writer import PartitionsChanged
+    from taskevents.messages import ControlRequest
     from tests.api_helpers import api_client
 
     settings = _partitioned(pg, settings, "parts_retention", 2)
@@ -403,6 +405,35 @@ def test_retention_on_a_partitioned_queue_each_task_by_its_partition_s_worker(
             wait_for(lambda: stored(settings.db) == 3, timeout=30)
             got = http.get(f"/api/tasks/{tasks[0]}/events").json()["events"]
             assert [e["seq"] for e in got] == [1, 2, 3]
+
+        # A request that reaches the other partition's worker changes nothing: one writer per task.
+        one = next(t for t in tasks[1:] if partition_of(t, 2) == 0)
+        wrong = QueueKeys(_of(settings, 1).partition_queue).control
+        client.rpush(wrong, ControlRequest(op="restore", task_id=one).encode())
+        wait_for(lambda: client.llen(wrong) == 0, timeout=30)
+        time.sleep(0.5)
+        assert rows(settings.db, f"SELECT archived FROM tasks WHERE task_id = '{one}'") == [(1,)]
+        # Restored by the command, through its own partition's worker, for each partition.
+        env = worker_env(settings)
+        picks = [one, next(t for t in tasks[1:] if partition_of(t, 2) == 1)]
+        done = subprocess.run(
+            [sys.executable, "-c", "from taskevents.cli import main; main()", "restore", *picks],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert sorted(rows(settings.db, "SELECT task_id FROM tasks WHERE archived = 0")) == sorted(
+            [(tasks[0],), *((t,) for t in picks)]
+        )
+        # A pass given another partition count than the store's refuses to run.
+        with pytest.raises(PartitionsChanged, match="has 2 partitions and this pass was given 1"):
+            archive_pass(settings.model_copy(update={"partitions": 1}), older_than=0, pace=0)
+        # Old dead letters go to files from every partition's list.
+        bad = next(f"x{i}" for i in range(100) if partition_of(f"x{i}", 2) == 1)
+        client.rpush(_of(settings, 1).partition_queue, orjson.dumps({"task_id": bad, "event_type": ""}))
+        dead = QueueKeys(_of(settings, 1).partition_queue).dead
+        wait_for(lambda: client.llen(dead) == 1, timeout=30)
+        report = archive_pass(settings.model_copy(update={"dead_retention": 0}), older_than=1e9, pace=0)
+        assert report.dead_letters_moved == 1 and client.llen(dead) == 0
     finally:
         em.close(5)
         for worker in workers:
