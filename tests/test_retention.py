@@ -26,7 +26,7 @@ from taskevents.ingest.storereads import StoreReads
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 from taskevents.simulate import simulate
-from tests.helpers import rows, store_made, store_rows, wait_for, worker_env
+from tests.helpers import store_made, store_rows, wait_for, worker_env
 from tests.pgserver import STORES
 from tests.stream_helpers import Live, event_seqs, live, read_frames
 
@@ -257,6 +257,7 @@ def _archived_seqs(settings: Settings, task_ids: list[str]) -> dict[str, list[in
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_jobs_sigkilled_mid_pass_again_and_again_lose_and_double_nothing(
     stack: Live, settings: Settings
 ) -> None:
@@ -286,10 +287,11 @@ def test_jobs_sigkilled_mid_pass_again_and_again_lose_and_double_nothing(
         assert jobs.wait(30) == 0  # a warm stop
     seqs = _archived_seqs(settings, list(tasks))
     assert all(seqs[t] == list(range(1, latest + 1)) for t, (latest, _, _) in tasks.items())
-    assert rows(settings.sqlite_path, "SELECT count(*) FROM task_events") == [(0,)]
+    assert store_rows(settings, "SELECT count(*) FROM task_events") == [(0,)]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_archiving_during_full_speed_ingest_loses_and_doubles_nothing(
     stack: Live, settings: Settings
 ) -> None:
