@@ -48,7 +48,7 @@ log = logging.getLogger("taskevents.api.pgstore")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-UNREACHABLE_WAIT = 1.0  # seconds a read waits for a session when none is open
+UNREACHABLE_WAIT = 1.0  # seconds a read waits for a session while the server does not answer
 
 
 def _conninfo(url: str, timeout: float) -> str:
