@@ -165,6 +165,47 @@ def _produce(
     return sent
 
 
+class _Readers:
+    """Threads that follow some tasks through the API's own reader while the faults happen, as a UI
+    does: each page must continue its cursor (seq n+1 right after n, never a gap), whatever fails."""
+
+    def __init__(self, url: str, tasks: list[str]) -> None:
+        from taskevents.api.pgstore import PgReadStore
+
+        self.store = PgReadStore(url, "readers", size=len(tasks), timeout=5)
+        self.problems: list[str] = []
+        self.pages = 0
+        self._done = threading.Event()
+        self._threads = [threading.Thread(target=self._follow, args=(t,), daemon=True) for t in tasks]
+        for thread in self._threads:
+            thread.start()
+
+    def _follow(self, task: str) -> None:
+        from taskevents.api.errors import TaskNotFound
+        from taskevents.api.livereads import events_after
+        from taskevents.api.store import StoreUnavailable
+
+        cursor = 0
+        while not self._done.is_set():
+            try:
+                page = self.store.run(events_after, task, cursor, 37)
+            except (StoreUnavailable, TaskNotFound):  # the server away, or the task not stored yet
+                time.sleep(0.05)
+                continue
+            seqs = [row[0] for row in page]
+            if seqs != list(range(cursor + 1, cursor + 1 + len(seqs))):
+                self.problems.append(f"{task}: after {cursor} got {seqs[:5]}")
+            cursor = seqs[-1] if seqs else cursor
+            self.pages += bool(seqs)
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._done.set()
+        for thread in self._threads:
+            thread.join(10)
+        self.store.close()
+
+
 def test_a_worker_sigkilled_again_and_again_stores_every_event_once_on_postgresql(
     pg: PostgresServer,
     settings: Settings,
@@ -177,6 +218,7 @@ def test_a_worker_sigkilled_again_and_again_stores_every_event_once_on_postgresq
     result: dict[str, dict[str, list[int]]] = {}
     producer = threading.Thread(target=lambda: result.update(sent=_produce(client, settings, total, 30, 3.0)))
     producer.start()
+    readers = _Readers(settings.db, ["task0", "task7", "task13"])
     log = tmp_path / "worker.log"
     rng = random.Random(7)
     kills = 0
@@ -197,6 +239,8 @@ def test_a_worker_sigkilled_again_and_again_stores_every_event_once_on_postgresq
     assert stored(settings.db) == total, log.read_text()[-3000:]
     _assert_exact(settings.db, result["sent"])
     assert worker.poll() is None
+    readers.stop()
+    assert readers.pages > 0 and readers.problems == []  # no reader saw seq n+1 without n
 
 
 def test_postgresql_stopped_restarted_and_killed_during_ingest_loses_nothing(
@@ -214,6 +258,7 @@ def test_postgresql_stopped_restarted_and_killed_during_ingest_loses_nothing(
     worker = start_worker(settings, log=log)
     wait_for(lambda: stored(settings.db) >= 0, timeout=30)  # the schema made
     producer.start()
+    readers = _Readers(settings.db, ["task0", "task7", "task13"])
     time.sleep(1.5)
     own_pg.stop()  # a fast shutdown: the worker's connection ends under it
     time.sleep(1.0)
@@ -230,6 +275,8 @@ def test_postgresql_stopped_restarted_and_killed_during_ingest_loses_nothing(
     _assert_exact(settings.db, result["sent"])
     assert worker.poll() is None, log.read_text()[-3000:]
     assert "takes writes again" in log.read_text() or "cannot write the store" in log.read_text()
+    readers.stop()
+    assert readers.pages > 0 and readers.problems == []  # through the stop, restart and crash too
 
 
 def test_a_postgresql_url_without_a_database_is_refused() -> None:
