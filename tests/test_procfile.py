@@ -38,21 +38,26 @@ def test_the_procfile_brings_up_redis_the_worker_the_api_and_the_jobs(tmp_path: 
     # Archive a task as soon as it ends, and look every second: the jobs process shows it works.
     environment = {**env(tmp_path, url), "TASKEVENTS_RETENTION": "0s", "TASKEVENTS_ARCHIVE_EVERY": "1s"}
     api = f"http://127.0.0.1:{environment['TASKEVENTS_API_PORT']}"
-    honcho = subprocess.Popen(
-        [str(BIN / "honcho"), "start", "-f", str(ROOT / "Procfile")],
-        env=environment,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log = tmp_path / "honcho.log"  # every process's output, shown if the test fails
+    with open(log, "wb") as out:
+        honcho = subprocess.Popen(
+            [str(BIN / "honcho"), "start", "-f", str(ROOT / "Procfile")],
+            env=environment,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_for(lambda: answers(url), timeout=30)
         emitter = Emitter(url)
         emitter.emit("procfile", "runner_spawn", span_id="r", actor="runner")
         assert emitter.close(10)
         db = tmp_path / "events.db"
-        wait_for(lambda: stored_count(db) == 1, timeout=30)  # 0 until the schema exists
+        try:
+            wait_for(lambda: stored_count(db) == 1, timeout=30)  # 0 until the schema exists
+        except AssertionError:
+            raise AssertionError(f"not stored; the processes said:\n{log.read_text()[-4000:]}") from None
         assert (tmp_path / "local-redis").is_dir()  # the bundled Redis keeps its append-only file there
         wait_for(lambda: api_answers(f"{api}/api/ready"), timeout=30)
         body = httpx.get(f"{api}/api/tasks/procfile/events", timeout=5).json()
