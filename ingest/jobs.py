@@ -23,6 +23,7 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -121,6 +122,7 @@ def run_jobs(settings: Settings, given: dict[str, str]) -> None:
     # Background work: on a busy machine the worker and the API (ingest, the live stream) come first.
     os.nice(NICE)
     client = redis.Redis.from_url(settings.redis_url)
+    _wait_for_redis(client)
     schedulers = _Schedulers(client, settings, given)
     schedulers.start()
     _idle_priority()  # this thread runs the passes (and the threads they start)
@@ -132,6 +134,22 @@ def run_jobs(settings: Settings, given: dict[str, str]) -> None:
     finally:
         schedulers.stopping.set()
         schedulers.join(10)
+
+
+def _wait_for_redis(client: redis.Redis) -> None:
+    """Started beside Redis (the Procfile's processes start at once, so do compose's), the process
+    waits for it to answer rather than exit: rq's worker gives up at its first connection refused,
+    and one process that exits stops a whole Procfile."""
+    delay = 0.05
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError as exc:
+            if delay == 0.05:
+                log.warning("Redis does not answer yet (%s): waiting for it", exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def _idle_priority() -> None:

