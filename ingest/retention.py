@@ -4,8 +4,10 @@ archive`). It only reads the store; the worker, its one writer, removes the rows
 
 For each task, least recently active first: its rows are read in one snapshot, its archive written,
 fsynced and read back (shared/archive.py), then an `archived` request (last seq, SHA-256) is pushed to
-`<queue>:control`. The worker checks the archive again and marks the task archived only if it still
-ends at that seq; a late event in between makes the request void, and the task waits for a later pass.
+`<queue>:control` (with a partitioned queue, the task's partition's, `{<queue>:<P>}:control`: its
+worker alone writes the task's rows). The worker checks the archive again and marks the task
+archived only if it still ends at that seq; a late event in between makes the request void, and the
+task waits for a later pass.
 
 - One pass at a time, however many processes start one: a lock in Redis (`<queue>:archive:lock`, a
   token that expires LOCK_TTL after its holder stops renewing it, e.g. SIGKILLed).
