@@ -126,20 +126,7 @@ if TASK_FILTERS.keys() != sq.TASK_FILTERS.keys():
 
 def tasks_query(filters: dict[str, object]) -> tuple[str, list[object]]:
     """As api/queries.py's `tasks_query`, in PostgreSQL's SQL."""
-    where: list[str] = []
-    params: list[object] = []
-    for name, condition in TASK_FILTERS.items():
-        value = filters.get(name)
-        if value is None:
-            continue
-        where.append(condition)
-        if name == "after":
-            assert isinstance(value, tuple)
-            params.extend(value)
-        else:
-            params.append(value)
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
-    return f"{_TASKS_SELECT}{clause} ORDER BY last_at DESC, task_id DESC LIMIT %s", params
+    return sq.filtered(_TASKS_SELECT, TASK_FILTERS, filters, "%s")
 
 
 TASKS_BY_ID: Final = f"""

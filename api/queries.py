@@ -147,9 +147,17 @@ TASK_FILTERS: Final = {
 def tasks_query(filters: dict[str, object]) -> tuple[str, list[object]]:
     """The task-list query for the given filters (names of TASK_FILTERS; `after` is a pair) and its
     parameters, the LIMIT last."""
+    return filtered(_TASKS_SELECT, TASK_FILTERS, filters, "?")
+
+
+def filtered(
+    select: str, conditions: dict[str, str], filters: dict[str, object], mark: str
+) -> tuple[str, list[object]]:
+    """`select` with the conditions of the filters given, newest first, and their parameters; `mark`
+    is the LIMIT's placeholder (api/pgqueries.py builds PostgreSQL's list with it too)."""
     where: list[str] = []
     params: list[object] = []
-    for name, condition in TASK_FILTERS.items():
+    for name, condition in conditions.items():
         value = filters.get(name)
         if value is None:
             continue
@@ -160,7 +168,7 @@ def tasks_query(filters: dict[str, object]) -> tuple[str, list[object]]:
         else:
             params.append(value)
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    return f"{_TASKS_SELECT}{clause} ORDER BY last_at DESC, task_id DESC LIMIT ?", params
+    return f"{select}{clause} ORDER BY last_at DESC, task_id DESC LIMIT {mark}", params
 
 
 # The same rows for given task ids (the task list's live feed).
