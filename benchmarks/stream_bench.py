@@ -4,15 +4,18 @@ Runs the whole system as deployed, each part in its own process, on a private re
 the one on port 6379): the ingest worker (`python -m taskevents.ingest`), ONE API process
 (`python -m taskevents.api`),
 a producer process that emits `--rate` events/s in total round-robin over `--tasks` tasks, and
-`--clients` SSE clients (spread evenly over the tasks, connected before the first event) in this
-process, reading raw HTTP with asyncio so that the clients cost little CPU.
+`--clients` SSE clients (spread evenly over the tasks, connected before the first event) in
+`--client-procs` processes of their own (one per 250 clients unless told), reading raw HTTP with
+asyncio so that the clients cost little CPU.
 
 Each event's payload carries `t`, the producer's `time.time()` just before `emit()`; a client takes
 `time.time()` when the event's frame arrives. Latency = arrival - t, over the events emitted after
 `--warmup` seconds. At the end every task gets a `runner_exit`; each client must then have received
 every seq 1..last exactly once (missed and duplicated deliveries are counted). The API process's CPU
 (psutil: user + system time over the measured window, in % of one core) is the cost of the fan-out:
-notifications, one store read per commit, frames to every client.
+notifications, one store read per commit, frames to every client; divided by the deliveries made
+in that window it is the API's CPU per delivered event, and one core divided by that, the most
+deliveries a second one API process could make if nothing else ran on its core.
 
 Prints a markdown table with the issue's targets (median <= 20 ms, p99 <= 100 ms, nothing missed) and
 writes every figure to benchmarks/results/stream.json.
@@ -52,6 +55,7 @@ from taskevents.simulate import simulate  # noqa: E402
 
 TARGETS = {"median_ms": 20.0, "p99_ms": 100.0, "missed": 0}
 QUEUE = "bench:events"
+CLIENTS_PER_PROCESS = 250
 
 
 @dataclass
@@ -64,6 +68,10 @@ class Config:
     output: Path = HERE / "results" / "stream.json"
     archiving: int = 0  # ended runs stored first, archived by passes during the measurement
     passes: bool = True  # False: the backlog stored, no `jobs` process (stream_pairs.py's control)
+    client_procs: int = 0  # processes the SSE clients run in; 0: one per CLIENTS_PER_PROCESS
+
+    def procs(self) -> int:
+        return self.client_procs or max(1, -(-self.clients // CLIENTS_PER_PROCESS))
 
 
 def parse_args() -> Config:
@@ -89,15 +97,25 @@ def parse_args() -> Config:
         help="store this many ended simulated runs first, and archive them during the measurement "
         "(`taskevents jobs`, retention 0 s: its passes follow one another while the backlog lasts)",
     )  # fmt: skip
+    parser.add_argument(
+        "--client-procs", type=int, default=0,
+        help=f"processes the clients run in (default: one per {CLIENTS_PER_PROCESS} clients)",
+    )  # fmt: skip
     parser.add_argument("--producer", action="store_true", help=argparse.SUPPRESS)  # internal: the emitter
+    parser.add_argument("--client-port", type=int, help=argparse.SUPPRESS)  # internal: a client process
+    parser.add_argument("--client-tasks", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.producer:
         produce(args.tasks, args.rate, args.seconds)
         sys.exit(0)
+    if args.client_port:
+        asyncio.run(client_process(args.client_port, args.client_tasks.split(",")))
+        sys.exit(0)
     if args.quick:
         return Config(tasks=10, rate=500, clients=20, seconds=3.0, warmup=1.0, output=args.output,
-                      archiving=min(args.archiving, 50))  # fmt: skip
-    return Config(args.tasks, args.rate, args.clients, args.seconds, args.warmup, args.output, args.archiving)
+                      archiving=min(args.archiving, 50), client_procs=args.client_procs or 2)  # fmt: skip
+    return Config(args.tasks, args.rate, args.clients, args.seconds, args.warmup, args.output, args.archiving,
+                  client_procs=args.client_procs)  # fmt: skip
 
 
 # --- the producer (its own process) ---------------------------------------------------------------
@@ -133,7 +151,7 @@ def produce(tasks: int, rate: int, seconds: float) -> None:
     print(n, flush=True)
 
 
-# --- the clients (this process) -------------------------------------------------------------------
+# --- the clients (processes of their own) ----------------------------------------------------------
 
 
 @dataclass
@@ -191,6 +209,64 @@ async def sse_client(port: int, stats: ClientStats, measure_from: list[float]) -
         writer.close()
 
 
+async def client_process(port: int, task_ids: list[str]) -> None:
+    """One client process: a client per entry of `task_ids`. Prints `ready` once all are connected;
+    reads from stdin the time from which latencies count; once every stream has ended (or after
+    120 s) prints every client's counts and latencies as one JSON line."""
+    stats = [ClientStats(task_id) for task_id in task_ids]
+    measure_from = [float("inf")]
+    clients = [asyncio.create_task(sse_client(port, s, measure_from)) for s in stats]
+    while not all(s.connected for s in stats):
+        await asyncio.sleep(0.05)
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    measure_from[0] = float(line)
+    await asyncio.wait(clients, timeout=120)
+    sys.stdout.buffer.write(orjson.dumps([asdict(s) for s in stats]) + b"\n")
+    sys.stdout.flush()
+
+
+async def start_client_processes(
+    cfg: Config, port: int, env: dict[str, str]
+) -> list[asyncio.subprocess.Process]:
+    """`cfg.clients` clients over `cfg.tasks` tasks, dealt round-robin to `cfg.procs()` processes; back
+    once every client is connected."""
+    task_ids = [f"task-{i % cfg.tasks:03d}" for i in range(cfg.clients)]
+    procs = []
+    for n in range(cfg.procs()):
+        mine = task_ids[n :: cfg.procs()]
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--client-port",
+                str(port),
+                "--client-tasks",
+                ",".join(mine),
+                env=env,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=1 << 30,
+            )  # fmt: skip
+        )
+    for proc in procs:
+        assert proc.stdout is not None
+        if (await asyncio.wait_for(proc.stdout.readline(), 120)).strip() != b"ready":
+            raise RuntimeError("a client process did not connect its clients")
+    return procs
+
+
+async def client_results(procs: list[asyncio.subprocess.Process]) -> list[ClientStats]:
+    stats = []
+    for proc in procs:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 180)
+        await proc.wait()
+        stats += [ClientStats(**s) for s in orjson.loads(line)]
+    return stats
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 
@@ -215,12 +291,7 @@ async def run_clients(
     worker: psutil.Process,
     client: redis.Redis,
 ) -> dict[str, Any]:
-    task_ids = [f"task-{i:03d}" for i in range(cfg.tasks)]
-    stats = [ClientStats(task_ids[i % cfg.tasks]) for i in range(cfg.clients)]
-    measure_from = [float("inf")]
-    clients = [asyncio.create_task(sse_client(port, s, measure_from)) for s in stats]
-    while not all(s.connected for s in stats):
-        await asyncio.sleep(0.05)
+    client_procs = await start_client_processes(cfg, port, env)
     await asyncio.sleep(0.5)
 
     producer = await asyncio.create_subprocess_exec(
@@ -236,21 +307,29 @@ async def run_clients(
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
     await asyncio.sleep(cfg.warmup)
-    measure_from[0] = time.time()
+    measure_from = time.time()
+    for proc in client_procs:
+        assert proc.stdin is not None
+        proc.stdin.write(f"{measure_from!r}\n".encode())
+        await proc.stdin.drain()
     window_start = time.monotonic()
-    me, producing = psutil.Process(), psutil.Process(producer.pid)
+    clients_ps = [psutil.Process(p.pid) for p in client_procs]
+    producing = psutil.Process(producer.pid)
     api_cpu0, worker_cpu0 = cpu_seconds(api), cpu_seconds(worker)
-    clients_cpu0, producer_cpu0 = cpu_seconds(me), cpu_seconds(producing)
+    clients_cpu0, producer_cpu0 = sum(map(cpu_seconds, clients_ps)), cpu_seconds(producing)
     batches0 = int(client.hget(QueueKeys(QUEUE).stats, "batches") or 0)
     ingested0 = int(client.hget(QueueKeys(QUEUE).stats, "ingested") or 0)
     await asyncio.sleep(max(0.5, cfg.seconds - cfg.warmup - 0.2))
     window = time.monotonic() - window_start
-    api_cpu = (cpu_seconds(api) - api_cpu0) / window * 100
+    api_cpu_seconds = cpu_seconds(api) - api_cpu0
+    api_cpu = api_cpu_seconds / window * 100
     worker_cpu = (cpu_seconds(worker) - worker_cpu0) / window * 100
-    clients_cpu = (cpu_seconds(me) - clients_cpu0) / window * 100
+    clients_cpu = (sum(map(cpu_seconds, clients_ps)) - clients_cpu0) / window * 100
     producer_cpu = (cpu_seconds(producing) - producer_cpu0) / window * 100
     batches = int(client.hget(QueueKeys(QUEUE).stats, "batches") or 0) - batches0
     ingested = int(client.hget(QueueKeys(QUEUE).stats, "ingested") or 0) - ingested0
+    # Deliveries the API made in the window: each event ingested then, times its task's clients.
+    deliveries_in_window = ingested * cfg.clients / cfg.tasks
     archived = None
     if jobs is not None:
         os.killpg(jobs.pid, signal.SIGKILL)
@@ -259,7 +338,7 @@ async def run_clients(
 
     out, _ = await producer.communicate()
     emitted = int(out.decode().strip() or 0)
-    await asyncio.wait_for(asyncio.gather(*clients), timeout=120)
+    stats = await client_results(client_procs)
     emitting = time.time() - started
 
     latencies = sorted(x * 1000 for s in stats for x in s.latencies)
@@ -296,8 +375,13 @@ async def run_clients(
             "note": "created_at has millisecond resolution and is taken as the commit starts",
         },
         "api_cpu_percent": round(api_cpu, 1),
+        "api_cpu_us_per_delivery": round(api_cpu_seconds / deliveries_in_window * 1e6, 2),
+        # One core's worth of the API's CPU per delivery: an upper bound, the event loop alone.
+        "api_deliveries_per_core_second": round(deliveries_in_window / api_cpu_seconds),
+        "deliveries_per_second": round(deliveries_in_window / window),
+        "client_processes": len(client_procs),
         "worker_cpu_percent": round(worker_cpu, 1),
-        "clients_cpu_percent": round(clients_cpu, 1),  # this process: all the SSE clients
+        "clients_cpu_percent": round(clients_cpu, 1),  # every client process
         "producer_cpu_percent": round(producer_cpu, 1),
         "measured_seconds": round(window, 2),
         "worker_batches_in_window": batches,
@@ -414,10 +498,12 @@ def table(results: dict[str, Any]) -> str:
         f"| of which commit -> client, median / p99 | {split['commit_to_client']['median']} / "
         f"{split['commit_to_client']['p99']} ms | | |",
         f"| API process CPU (fan-out, one process) | {results['api_cpu_percent']} % of a core | | |",
+        f"| API CPU per delivered event / deliveries per second | {results['api_cpu_us_per_delivery']} µs"
+        f" / {results['deliveries_per_second']:,} | | |",
         f"| worker CPU / events per committed batch | {results['worker_cpu_percent']} % / "
         f"{results['events_per_batch']} | | |",
-        f"| CPU of the SSE clients / of the producer (same 2 cores) | {results['clients_cpu_percent']} % / "
-        f"{results['producer_cpu_percent']} % | | |",
+        f"| CPU of the SSE clients ({results['client_processes']} processes) / of the producer (same 2 "
+        f"cores) | {results['clients_cpu_percent']} % / {results['producer_cpu_percent']} % | | |",
     ]
     head = (
         f"{c['tasks']} tasks emitting {c['rate']} events/s in total for {c['seconds']} s, {c['clients']} SSE "

@@ -22,7 +22,14 @@ import psycopg
 from taskevents.archive import ArchiveError, TaskArchive, TaskRows
 from taskevents.clock import format_ms
 from taskevents.ingest.plan import SpanChange, TaskChange, cached_latest, plan, span_rows, span_upsert_set
-from taskevents.ingest.writer import CommitResult, DeadMark, Decoded, PartitionsChanged, StoreFenced
+from taskevents.ingest.writer import (
+    CommitResult,
+    DeadMark,
+    Decoded,
+    PartitionsChanged,
+    Prepared,
+    StoreFenced,
+)
 from taskevents.keys import partition_of
 
 _INSERT_EVENTS = """
@@ -156,9 +163,11 @@ class PgStoreWriter:
         dead: Sequence[DeadMark] = (),
         *,
         keep: int | None = None,
+        prepared: Prepared | None = None,
     ) -> CommitResult:
         """Store the batch and record `batch_id` as committed, with what it did, all or nothing.
-        Raises StoreFenced if another writer took the partition over, psycopg.Error with nothing written."""
+        Raises StoreFenced if another writer took the partition over, psycopg.Error with nothing written.
+        `prepared` is always None here (`prepare`)."""
         created_at = format_ms(time.time_ns())
         result = CommitResult(batch_id, dead=list(dead), dead_at=created_at, keep=keep)
         with self.fenced() as conn:
@@ -186,6 +195,11 @@ class PgStoreWriter:
             self._latest[task_id] = change.last_seq
         self.last_batch_id, self.last_batch = batch_id, result
         return result
+
+    def prepare(self, batch: Sequence[Decoded], base: dict[str, int | None]) -> None:
+        """Nothing to plan ahead: a PostgreSQL commit is bound by its round trips and the server's
+        work, not by the worker's Python (docs/scaling.md), so it plans inside its transaction."""
+        return None
 
     # --- retention (ingest/archived.py asks; the same contract as StoreWriter's) ------------------
     # archive_pending rows carry their partition: a writer removes only its own tasks' rows.

@@ -11,10 +11,10 @@ import itertools
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -90,6 +90,26 @@ class CommitResult:
         )
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A batch planned ahead of its commit, on the worker's thread while the batch before it commits
+    (ingest/lookahead.py): seqs assigned from `base`, the latest seq each task is expected to have
+    once that batch lands (None: a task the store is not expected to have), and every statement's
+    parameters built. The writer checks `base` inside its transaction; a batch whose base is wrong,
+    or that holds an event_uid the store already has, is planned again there (StoreWriter.commit)."""
+
+    base: dict[str, int | None]
+    created_at: str
+    fresh: int  # events left once the batch's own repeated event_uids are dropped
+    tasks: dict[str, tuple[int, int]]  # task_id -> (first seq, last seq), as CommitResult.tasks
+    task_changes: dict[str, TaskChange]
+    statements: list[tuple[str, list[Any]]]  # (sql, parameters), in order: one step each
+
+
+class _DuplicateFound(Exception):
+    """A prepared batch holds an event_uid already stored: it is planned again, duplicates dropped."""
+
+
 class StoreFenced(LeaseLost):
     """Another worker has taken the store over since this one did: its commit was refused."""
 
@@ -115,7 +135,13 @@ class BatchWriter(Protocol):
         dead: Sequence[DeadMark] = (),
         *,
         keep: int | None = None,
+        prepared: "Prepared | None" = None,
     ) -> "CommitResult": ...
+
+    def prepare(self, batch: Sequence[Decoded], base: dict[str, int | None]) -> "Prepared | None":
+        """Plan `batch` ahead on the caller's thread (touching neither connection nor cache), or None
+        if this store gains nothing by it."""
+        ...
 
     def close(self) -> None: ...
 
@@ -147,16 +173,29 @@ def _insert_events_sql(rows: int) -> str:
     return f"INSERT INTO task_events ({_EVENT_COLUMNS}) VALUES {values}"
 
 
-_INSERT_TASK = """
-INSERT INTO tasks (task_id, latest_seq, event_count, first_at, last_at, current_phase, status, exit_reason)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-"""
-_UPDATE_TASK = """
-UPDATE tasks SET latest_seq = ?, event_count = event_count + ?, last_at = ?,
-                 current_phase = coalesce(?, current_phase), status = coalesce(?, status),
-                 exit_reason = CASE WHEN ? THEN ? ELSE exit_reason END
-WHERE task_id = ?
-"""
+@functools.cache
+def _insert_tasks_sql(rows: int) -> str:
+    values = ",".join(["(?,?,?,?,?,?,?,?)"] * rows)
+    return (
+        "INSERT INTO tasks (task_id, latest_seq, event_count, first_at, last_at, current_phase, status,"
+        f" exit_reason) VALUES {values}"
+    )
+
+
+@functools.cache
+def _update_tasks_sql(rows: int) -> str:
+    """One statement for every task the batch goes on with (one step; executemany steps per row)."""
+    values = ",".join(["(?,?,?,?,?,?,?,?)"] * rows)
+    return f"""WITH c (tid, seq, n, at, ph, st, changed, reason) AS (VALUES {values})
+UPDATE tasks SET latest_seq = c.seq, event_count = event_count + c.n, last_at = c.at,
+                 current_phase = coalesce(c.ph, current_phase), status = coalesce(c.st, status),
+                 exit_reason = CASE WHEN c.changed THEN c.reason ELSE exit_reason END
+FROM c WHERE tasks.task_id = c.tid"""
+
+
+_TASKS_PER_STATEMENT = 500  # 8 parameters a row
+
+
 _SPAN_COLUMNS = ", ".join(
     ("task_id", "span_id", "parent_span_id", "event_type", "phase", "first_seq", "last_seq")
     + ("event_count", "state", "started_at", "end_seq", "ended_at")
@@ -230,31 +269,36 @@ class StoreWriter:
         dead: Sequence[DeadMark] = (),
         *,
         keep: int | None = None,
+        prepared: Prepared | None = None,
     ) -> CommitResult:
         """Store the batch and record `batch_id` as committed, with what it did, all or nothing.
 
         `dead`: the batch's elements set aside (their dead letters are written at acknowledgement).
+        `prepared`: the batch as `prepare` planned it, written as it is if its plan still holds; the
+        transaction then runs SQLite's statements and nothing else.
         Raises StoreFenced if another writer took the store over, sqlite3.Error (locked, disk full,
         corrupt, …) with nothing written.
         """
-        created_at = format_ms(time.time_ns())  # the whole batch's, and its dead letters'
+        # The whole batch's time, and its dead letters': a prepared batch's, taken as it was planned.
+        created_at = prepared.created_at if prepared is not None else format_ms(time.time_ns())
         result = CommitResult(batch_id, dead=list(dead), dead_at=created_at, keep=keep)
         # Fenced: no other writer can take over between the epoch's check and the commit.
         with self.fenced() as conn:
             # A late event of an archived task brings the task back first: its seq goes on from the
             # archived ones, and its event_uids are known again. Cached tasks are not archived.
             self._bring_back({d.event.task_id for d in batch if d.event.task_id not in self._latest})
-            fresh = self._drop_duplicates(batch)
-            result.duplicates = len(batch) - len(fresh)
-            latest = self._load_latest({d.event.task_id for d in fresh})
-            rows, task_changes, span_changes = plan(fresh, latest, created_at)
-            for start in range(0, len(rows), _ROWS_PER_INSERT):
-                chunk = rows[start : start + _ROWS_PER_INSERT]
-                conn.execute(_insert_events_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
-            self._write_tasks(task_changes, created_at)
-            self._write_spans(span_changes.values(), created_at)
-            result.stored = len(rows)
-            result.tasks = {t: (c.first_seq, c.last_seq) for t, c in task_changes.items()}
+            if prepared is not None and self._write_prepared(prepared):
+                task_changes = prepared.task_changes
+                result.stored, result.tasks = prepared.fresh, prepared.tasks
+            else:
+                fresh = self._drop_duplicates(batch)
+                latest = self._load_latest({d.event.task_id for d in fresh})
+                rows, task_changes, span_changes = plan(fresh, latest, created_at)
+                for statement in _statements(rows, task_changes, span_changes.values(), created_at):
+                    self._execute(statement)
+                result.stored = len(rows)
+                result.tasks = {t: (c.first_seq, c.last_seq) for t, c in task_changes.items()}
+            result.duplicates = len(batch) - result.stored
             conn.execute(
                 "UPDATE ingest_state SET last_batch_id = ?, last_batch = ?",
                 (batch_id, result.to_json().decode()),
@@ -457,25 +501,92 @@ class StoreWriter:
                 latest[task_id] = found.get(task_id)
         return latest
 
-    def _write_tasks(self, changes: dict[str, TaskChange], at: str) -> None:
-        new = [
-            (tid, c.last_seq, c.count, at, at, c.phase, c.status or "running", c.exit_reason)
-            for tid, c in changes.items()
-            if not c.existing
-        ]
-        old = [
-            (c.last_seq, c.count, at, c.phase, c.status, c.reason_changed, c.exit_reason, tid)
-            for tid, c in changes.items()
-            if c.existing
-        ]
-        if new:
-            self._conn.executemany(_INSERT_TASK, new)
-        if old:
-            self._conn.executemany(_UPDATE_TASK, old)
+    def prepare(self, batch: Sequence[Decoded], base: dict[str, int | None]) -> Prepared:
+        """`prepare_batch`: none of this writer's state, so the worker's thread runs it while the
+        batch before commits here."""
+        return prepare_batch(batch, base)
 
-    def _write_spans(self, changes: Iterable[SpanChange], at: str) -> None:
-        for state_changed, rows in span_rows(changes, at).items():
-            for start in range(0, len(rows), _ROWS_PER_UPSERT):
-                chunk = rows[start : start + _ROWS_PER_UPSERT]
-                sql = _upsert_spans_sql(len(chunk), state_changed)
-                self._conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
+    def _write_prepared(self, prepared: Prepared) -> bool:
+        """Write a prepared batch if its base is the store's and none of its events is stored yet;
+        False, with nothing written, if not (the caller plans it again)."""
+        if self._load_latest(prepared.base) != prepared.base:
+            return False
+        conn = self._conn
+        conn.execute("SAVEPOINT prepared")
+        try:
+            for statement in prepared.statements:
+                self._execute(statement)
+        except _DuplicateFound:
+            conn.execute("ROLLBACK TO prepared")
+            conn.execute("RELEASE prepared")
+            return False
+        conn.execute("RELEASE prepared")
+        return True
+
+    def _execute(self, statement: tuple[str, list[Any]]) -> None:
+        try:
+            self._conn.execute(*statement)
+        except sqlite3.IntegrityError as exc:
+            # The unique index on event_uid finds a repeat of a stored event without a read of its own.
+            if "task_events.event_uid" in str(exc):
+                raise _DuplicateFound from exc
+            raise
+
+
+def prepare_batch(batch: Sequence[Decoded], base: dict[str, int | None]) -> Prepared:
+    """Plan `batch` from `base` (naming every task of the batch) and build its statements for
+    StoreWriter.commit: pure Python, no connection, no cache."""
+    created_at = format_ms(time.time_ns())
+    seen: set[str] = set()
+    fresh = []
+    for d in batch:  # the batch's own repeats; those of stored events are the commit's to find
+        uid = d.event.event_uid
+        if uid is not None:
+            if uid in seen:
+                continue
+            seen.add(uid)
+        fresh.append(d)
+    rows, task_changes, span_changes = plan(fresh, base, created_at)
+    return Prepared(
+        base={t: base[t] for t in task_changes},
+        created_at=created_at,
+        fresh=len(rows),
+        tasks={t: (c.first_seq, c.last_seq) for t, c in task_changes.items()},
+        task_changes=task_changes,
+        statements=_statements(rows, task_changes, span_changes.values(), created_at),
+    )
+
+
+def _statements(
+    rows: Sequence[tuple[object, ...]], tasks: dict[str, TaskChange], spans: Iterable[SpanChange], at: str
+) -> list[tuple[str, list[Any]]]:
+    """A batch's statements: its events, its tasks' summaries and its spans', in multi-row chunks."""
+    new = [
+        (tid, c.last_seq, c.count, at, at, c.phase, c.status or "running", c.exit_reason)
+        for tid, c in tasks.items()
+        if not c.existing
+    ]
+    old = [
+        (tid, c.last_seq, c.count, at, c.phase, c.status, c.reason_changed, c.exit_reason)
+        for tid, c in tasks.items()
+        if c.existing
+    ]
+    out = _chunked(rows, _ROWS_PER_INSERT, _insert_events_sql)
+    out += _chunked(new, _TASKS_PER_STATEMENT, _insert_tasks_sql)
+    out += _chunked(old, _TASKS_PER_STATEMENT, _update_tasks_sql)
+    for state_changed, span_values in span_rows(spans, at).items():
+        out += _chunked(
+            span_values, _ROWS_PER_UPSERT, functools.partial(_upsert_spans_sql, state_changed=state_changed)
+        )
+    return out
+
+
+def _chunked(
+    rows: Sequence[tuple[object, ...]], size: int, sql: Callable[[int], str]
+) -> list[tuple[str, list[Any]]]:
+    """Multi-row statements of up to `size` rows: fixed sizes keep them in the statement cache."""
+    out = []
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        out.append((sql(len(chunk)), list(itertools.chain.from_iterable(chunk))))
+    return out
