@@ -25,6 +25,7 @@ store is the source of truth, the notifications only say "look now". Hence:
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -171,8 +172,14 @@ class Subscription:
         if self.pending or self.catching_up or self.hub.closed:
             return
         self._wake.clear()
-        with anyio.move_on_after(timeout):
+        # Once per delivery per client: no cancel scope unless there is a deadline (an anyio scope
+        # costs several times the wait itself at thousands of deliveries a second).
+        if timeout is None:
             await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
 
 class LiveHub:

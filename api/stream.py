@@ -17,6 +17,7 @@ because a browser's EventSource adds it when it reconnects, to the same URL, who
 original (older) one.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -102,7 +103,42 @@ def _hub(app: Any) -> LiveHub:
 
 
 class _EventStream(EventSourceResponse):
-    """An EventSourceResponse whose send timeout drops the client quietly (it is not a server error)."""
+    """An EventSourceResponse whose send timeout drops the client quietly (it is not a server error),
+    and is kept by a watchdog instead of a cancel scope around every send.
+
+    sse_starlette wraps each send in `anyio.move_on_after`: with a thousand clients that is tens of
+    thousands of cancel scopes a second, a third of the API's CPU for the fan-out. A send that
+    returns within the timeout needs none; the watchdog, a task of the response's own task group
+    waking every quarter of the timeout, raises SendTimeoutError for a send stuck past it, which
+    ends the response as the library's own timeout does (the client is dropped within 1.25x the
+    timeout instead of 1x).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._send_started: float | None = None  # loop time the pending send began, if one is
+        if self.send_timeout is not None:
+            self.data_sender_callable = self._watchdog
+
+    async def _send_with_timeout(self, send: Send, message: Any) -> None:
+        self._send_started = asyncio.get_running_loop().time()
+        try:
+            await send(message)
+        except BaseException:
+            self._send_interrupted = True
+            raise
+        finally:
+            self._send_started = None
+
+    async def _watchdog(self) -> None:
+        assert self.send_timeout is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.send_timeout / 4)
+            started = self._send_started
+            if started is not None and loop.time() - started > self.send_timeout:
+                self._send_interrupted = True
+                raise SendTimeoutError()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
