@@ -154,3 +154,40 @@ def test_pg_read_bench_small_stores_give_the_same_bytes_from_both(tmp_path: Path
             results["stores"]["20000"][store][read]["median_ms"] > 0 for read in ("page", "snapshot", "graph")
         )
     assert "| graph (ms, median) |" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.redis_server
+def test_ingest_bench_quick_measures_the_production_loop_beside_sqlites_ceiling(tmp_path: Path) -> None:
+    output = tmp_path / "ingest.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ingest_bench.py"), "--quick", "--only", "ingest",
+         "--reps", "1", "--output", str(output)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ingest = orjson.loads(output.read_bytes())["ingest"]
+    # Every mode's store was checked (all events, every task's seqs 1..n) before its figure counted.
+    assert ingest["ceiling"]["events_per_s"] > 0 and ingest["drain"]["events_per_s"] > 0
+    assert ingest["ratio_to_ceiling"] == pytest.approx(
+        ingest["ceiling"]["runs"][0]["seconds"] / ingest["drain"]["runs"][0]["seconds"]
+    )
+    assert "1c. SQLite's ceiling" in done.stdout and "production loop (1b) / ceiling (1c)" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.redis_server
+def test_stream_capacity_quick_steps_through_client_counts(tmp_path: Path) -> None:
+    output = tmp_path / "capacity.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "stream_capacity.py"), "--quick", "--output", str(output)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = orjson.loads(output.read_bytes())
+    assert [r["config"]["clients"] for r in results["runs"]] == [10, 20]
+    for r in results["runs"]:
+        assert r["missed"] == 0 and r["duplicates"] == 0 and r["client_processes"] >= 1
+        assert r["deliveries_received"] == r["deliveries_expected"] > 0
+        assert r["api_cpu_us_per_delivery"] > 0
+    assert "| watchers | deliveries/s |" in done.stdout
