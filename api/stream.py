@@ -116,29 +116,38 @@ class _EventStream(EventSourceResponse):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._send_started: float | None = None  # loop time the pending send began, if one is
+        self._sends: dict[object, float] = {}  # loop time each pending send began (a ping may overlap)
+        self._watching = False  # the watchdog runs: only inside the library's task group
         if self.send_timeout is not None:
             self.data_sender_callable = self._watchdog
 
     async def _send_with_timeout(self, send: Send, message: Any) -> None:
-        self._send_started = asyncio.get_running_loop().time()
+        if not self._watching:  # HEAD, the farewell at shutdown: the library's own timeout
+            await super()._send_with_timeout(send, message)
+            return
+        token = object()
+        self._sends[token] = asyncio.get_running_loop().time()
         try:
             await send(message)
         except BaseException:
             self._send_interrupted = True
             raise
         finally:
-            self._send_started = None
+            del self._sends[token]
 
     async def _watchdog(self) -> None:
         assert self.send_timeout is not None
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.send_timeout / 4)
-            started = self._send_started
-            if started is not None and loop.time() - started > self.send_timeout:
-                self._send_interrupted = True
-                raise SendTimeoutError()
+        self._watching = True
+        try:
+            while True:
+                await asyncio.sleep(self.send_timeout / 4)
+                oldest = min(self._sends.values(), default=None)
+                if oldest is not None and loop.time() - oldest > self.send_timeout:
+                    self._send_interrupted = True
+                    raise SendTimeoutError()
+        finally:
+            self._watching = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

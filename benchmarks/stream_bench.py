@@ -167,6 +167,8 @@ class ClientStats:
     latencies: list[float] = field(default_factory=list)
     to_store: list[float] = field(default_factory=list)  # emit() -> the worker's commit (created_at, ms)
     connected: bool = False
+    arrivals: list[float] = field(default_factory=list)  # when each frame of the window came (not sent)
+    in_window: int = 0  # deliveries that arrived within the CPU-measured window
 
 
 async def sse_client(port: int, stats: ClientStats, measure_from: list[float]) -> None:
@@ -189,6 +191,8 @@ async def sse_client(port: int, stats: ClientStats, measure_from: list[float]) -
             now = time.time()
             for frame in frames:
                 if frame.startswith(b"id: "):
+                    if now >= measure_from[0]:
+                        stats.arrivals.append(now)
                     event = orjson.loads(frame[frame.index(b"\ndata: ") + 7 :])
                     seq = event["seq"]
                     if seq == stats.last_seq + 1:
@@ -222,9 +226,14 @@ async def client_process(port: int, task_ids: list[str]) -> None:
         await asyncio.sleep(0.05)
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
-    line = await loop.run_in_executor(None, sys.stdin.readline)
-    measure_from[0] = float(line)
+    measure_from[0] = float(await loop.run_in_executor(None, sys.stdin.readline))
+    # Then the CPU window's bounds, once the producer has stopped: from there the streams have
+    # 120 s to end.
+    start, end = map(float, (await loop.run_in_executor(None, sys.stdin.readline)).split())
     await asyncio.wait(clients, timeout=120)
+    for s in stats:
+        s.in_window = sum(start <= t <= end for t in s.arrivals)
+        s.arrivals = []
     sys.stdout.buffer.write(orjson.dumps([asdict(s) for s in stats]) + b"\n")
     sys.stdout.flush()
 
@@ -309,7 +318,7 @@ async def run_clients(
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
     await asyncio.sleep(cfg.warmup)
-    measure_from = time.time()
+    measure_from = window_from = time.time()
     for proc in client_procs:
         assert proc.stdin is not None
         proc.stdin.write(f"{measure_from!r}\n".encode())
@@ -323,6 +332,7 @@ async def run_clients(
     ingested0 = int(client.hget(QueueKeys(QUEUE).stats, "ingested") or 0)
     await asyncio.sleep(max(0.5, cfg.seconds - cfg.warmup - 0.2))
     window = time.monotonic() - window_start
+    window_to = time.time()
     api_cpu_seconds = cpu_seconds(api) - api_cpu0
     api_cpu = api_cpu_seconds / window * 100
     worker_cpu = (cpu_seconds(worker) - worker_cpu0) / window * 100
@@ -330,8 +340,7 @@ async def run_clients(
     producer_cpu = (cpu_seconds(producing) - producer_cpu0) / window * 100
     batches = int(client.hget(QueueKeys(QUEUE).stats, "batches") or 0) - batches0
     ingested = int(client.hget(QueueKeys(QUEUE).stats, "ingested") or 0) - ingested0
-    # Deliveries the API made in the window: each event ingested then, times its task's clients.
-    deliveries_in_window = ingested * cfg.clients / cfg.tasks
+
     archived = None
     if jobs is not None:
         os.killpg(jobs.pid, signal.SIGKILL)
@@ -340,7 +349,13 @@ async def run_clients(
 
     out, _ = await producer.communicate()
     emitted = int(out.decode().strip() or 0)
+    for proc in client_procs:
+        assert proc.stdin is not None
+        proc.stdin.write(f"{window_from!r} {window_to!r}\n".encode())
+        await proc.stdin.drain()
     stats = await client_results(client_procs)
+    # Deliveries the API made in the CPU window: the frames the clients received within it.
+    deliveries_in_window = sum(s.in_window for s in stats)
     emitting = time.time() - started
 
     latencies = sorted(x * 1000 for s in stats for x in s.latencies)

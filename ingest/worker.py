@@ -480,7 +480,7 @@ class Worker:
                     prepared = lookahead.plan(good)  # while the batch before commits
                     landed = self._finish(pending)
                     pending = None
-                    if landed is not None and not lookahead.landed(landed):
+                    if landed is not None and not lookahead.landed(landed) and prepared is not None:
                         prepared = lookahead.plan(good)  # that batch did not go as planned
                     if self.retention.due():  # busy: a bounded step now and then, the writer idle
                         self._retention_step()

@@ -106,10 +106,6 @@ class Prepared:
     statements: list[tuple[str, list[Any]]]  # (sql, parameters), in order: one step each
 
 
-class _DuplicateFound(Exception):
-    """A prepared batch holds an event_uid already stored: it is planned again, duplicates dropped."""
-
-
 class StoreFenced(LeaseLost):
     """Another worker has taken the store over since this one did: its commit was refused."""
 
@@ -295,7 +291,7 @@ class StoreWriter:
                 latest = self._load_latest({d.event.task_id for d in fresh})
                 rows, task_changes, span_changes = plan(fresh, latest, created_at)
                 for statement in _statements(rows, task_changes, span_changes.values(), created_at):
-                    self._execute(statement)
+                    conn.execute(*statement)
                 result.stored = len(rows)
                 result.tasks = {t: (c.first_seq, c.last_seq) for t, c in task_changes.items()}
             result.duplicates = len(batch) - result.stored
@@ -515,22 +511,17 @@ class StoreWriter:
         conn.execute("SAVEPOINT prepared")
         try:
             for statement in prepared.statements:
-                self._execute(statement)
-        except _DuplicateFound:
+                conn.execute(*statement)
+        except sqlite3.IntegrityError as exc:
+            # The unique index on event_uid finds a repeat of a stored event without a read of its
+            # own; any other constraint met is the store's fault, as in the batch planned here.
+            if exc.sqlite_errorname != "SQLITE_CONSTRAINT_UNIQUE" or "task_events.event_uid" not in str(exc):
+                raise
             conn.execute("ROLLBACK TO prepared")
             conn.execute("RELEASE prepared")
             return False
         conn.execute("RELEASE prepared")
         return True
-
-    def _execute(self, statement: tuple[str, list[Any]]) -> None:
-        try:
-            self._conn.execute(*statement)
-        except sqlite3.IntegrityError as exc:
-            # The unique index on event_uid finds a repeat of a stored event without a read of its own.
-            if "task_events.event_uid" in str(exc):
-                raise _DuplicateFound from exc
-            raise
 
 
 def prepare_batch(batch: Sequence[Decoded], base: dict[str, int | None]) -> Prepared:
