@@ -107,7 +107,7 @@ class _EventStream(EventSourceResponse):
     and is kept by a watchdog instead of a cancel scope around every send.
 
     sse_starlette wraps each send in `anyio.move_on_after`: with a thousand clients that is tens of
-    thousands of cancel scopes a second, a third of the API's CPU for the fan-out. A send that
+    thousands of cancel scopes a second, about a fifth of the API's CPU for the fan-out. A send that
     returns within the timeout needs none; the watchdog, a task of the response's own task group
     waking every quarter of the timeout, raises SendTimeoutError for a send stuck past it, which
     ends the response as the library's own timeout does (the client is dropped within 1.25x the

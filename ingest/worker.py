@@ -160,7 +160,7 @@ def _prompt_gil_handoff() -> Iterator[None]:
     while this thread validates and plans the next batch holding it; Python hands it back only
     after the switch interval (5 ms by default), ~20 times per batch. At 0.2 ms the writer waits
     far less: the production loop gained ~15 points of SQLite's ceiling (56 % -> 71 %, medians of 4
-    pairs, `benchmarks/ingest_bench.py`), for a few hundred more thread switches a second.
+    rounds alternating in one process; docs/benchmarks.md), for more thread switches a second.
     """
     before = sys.getswitchinterval()
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
