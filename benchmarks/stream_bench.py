@@ -217,8 +217,9 @@ async def sse_client(port: int, stats: ClientStats, measure_from: list[float]) -
 
 async def client_process(port: int, task_ids: list[str]) -> None:
     """One client process: a client per entry of `task_ids`. Prints `ready` once all are connected;
-    reads from stdin the time from which latencies count; once every stream has ended (or after
-    120 s) prints every client's counts and latencies as one JSON line."""
+    reads from stdin the time from which latencies count, then the CPU window's bounds; once every
+    stream has ended (or 120 s after the bounds came) prints every client's counts and latencies
+    as one JSON line."""
     stats = [ClientStats(task_id) for task_id in task_ids]
     measure_from = [float("inf")]
     clients = [asyncio.create_task(sse_client(port, s, measure_from)) for s in stats]
@@ -259,13 +260,21 @@ async def start_client_processes(
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 limit=1 << 30,
-            )  # fmt: skip
+            )
         )
     for proc in procs:
         assert proc.stdout is not None
         if (await asyncio.wait_for(proc.stdout.readline(), 120)).strip() != b"ready":
             raise RuntimeError("a client process did not connect its clients")
     return procs
+
+
+async def tell(procs: list[asyncio.subprocess.Process], line: str) -> None:
+    """A line to every client process's stdin."""
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(line.encode() + b"\n")
+        await proc.stdin.drain()
 
 
 async def client_results(procs: list[asyncio.subprocess.Process]) -> list[ClientStats]:
@@ -319,10 +328,7 @@ async def run_clients(
         )  # fmt: skip
     await asyncio.sleep(cfg.warmup)
     measure_from = window_from = time.time()
-    for proc in client_procs:
-        assert proc.stdin is not None
-        proc.stdin.write(f"{measure_from!r}\n".encode())
-        await proc.stdin.drain()
+    await tell(client_procs, f"{measure_from!r}")
     window_start = time.monotonic()
     clients_ps = [psutil.Process(p.pid) for p in client_procs]
     producing = psutil.Process(producer.pid)
@@ -349,10 +355,7 @@ async def run_clients(
 
     out, _ = await producer.communicate()
     emitted = int(out.decode().strip() or 0)
-    for proc in client_procs:
-        assert proc.stdin is not None
-        proc.stdin.write(f"{window_from!r} {window_to!r}\n".encode())
-        await proc.stdin.drain()
+    await tell(client_procs, f"{window_from!r} {window_to!r}")
     stats = await client_results(client_procs)
     # Deliveries the API made in the CPU window: the frames the clients received within it.
     deliveries_in_window = sum(s.in_window for s in stats)

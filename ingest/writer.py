@@ -473,15 +473,7 @@ class StoreWriter:
                 (orjson.dumps(uids),),
             )
         }
-        fresh = []
-        for d in batch:
-            uid = d.event.event_uid
-            if uid is not None:
-                if uid in seen:
-                    continue
-                seen.add(uid)
-            fresh.append(d)
-        return fresh
+        return _first_of_each_uid(batch, seen)
 
     def _load_latest(self, task_ids: Iterable[str]) -> dict[str, int | None]:
         """Latest committed seq of each task; None for a task the store has never seen."""
@@ -528,16 +520,8 @@ def prepare_batch(batch: Sequence[Decoded], base: dict[str, int | None]) -> Prep
     """Plan `batch` from `base` (naming every task of the batch) and build its statements for
     StoreWriter.commit: pure Python, no connection, no cache."""
     created_at = format_ms(time.time_ns())
-    seen: set[str] = set()
-    fresh = []
-    for d in batch:  # the batch's own repeats; those of stored events are the commit's to find
-        uid = d.event.event_uid
-        if uid is not None:
-            if uid in seen:
-                continue
-            seen.add(uid)
-        fresh.append(d)
-    rows, task_changes, span_changes = plan(fresh, base, created_at)
+    # The batch's own repeats; those of stored events are the commit's to find (the unique index).
+    rows, task_changes, span_changes = plan(_first_of_each_uid(batch, set()), base, created_at)
     return Prepared(
         base={t: base[t] for t in task_changes},
         created_at=created_at,
@@ -546,6 +530,20 @@ def prepare_batch(batch: Sequence[Decoded], base: dict[str, int | None]) -> Prep
         task_changes=task_changes,
         statements=_statements(rows, task_changes, span_changes.values(), created_at),
     )
+
+
+def _first_of_each_uid(batch: Sequence[Decoded], seen: set[str]) -> list[Decoded]:
+    """The batch without the events whose event_uid is in `seen` or came earlier in it (`seen`
+    takes the batch's uids)."""
+    fresh = []
+    for d in batch:
+        uid = d.event.event_uid
+        if uid is not None:
+            if uid in seen:
+                continue
+            seen.add(uid)
+        fresh.append(d)
+    return fresh
 
 
 def _statements(

@@ -12,15 +12,19 @@ ROOT = Path(__file__).resolve().parent.parent
 API_BENCH = ROOT / "benchmarks" / "api_bench.py"
 
 
-def run_api_bench(tmp_path: Path, *args: str) -> tuple[str, dict]:
-    output = tmp_path / "api.json"
+def run_bench(script: str, output: Path, *args: str, timeout: float = 300) -> tuple[str, dict]:
+    """Run benchmarks/<script> with `args` and `--output`; its stdout (the tables) and its JSON."""
     done = subprocess.run(
-        [sys.executable, str(API_BENCH), "--quick", "--cache-dir", str(tmp_path / "cache"),
-         "--output", str(output), *args],
-        capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, str(ROOT / "benchmarks" / script), *args, "--output", str(output)],
+        capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout, orjson.loads(output.read_bytes())
+
+
+def run_api_bench(tmp_path: Path, *args: str) -> tuple[str, dict]:
+    args = ("--quick", "--cache-dir", str(tmp_path / "cache"), *args)
+    return run_bench("api_bench.py", tmp_path / "api.json", *args, timeout=120)
 
 
 def test_api_bench_help() -> None:
@@ -101,93 +105,67 @@ def test_the_screenshots_are_remade(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.redis_server
 def test_retention_bench_quick_archives_shrinks_the_store_and_measures_ingest(tmp_path: Path) -> None:
-    output = tmp_path / "retention.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "retention_bench.py"), "--quick", "--output", str(output)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    storage = orjson.loads(output.read_bytes())["storage"]
+    stdout, results = run_bench("retention_bench.py", tmp_path / "retention.json", "--quick")
+    storage = results["storage"]
     assert (
         storage["compression_ratio"] > 3
         and storage["archive_bytes_per_event"] < storage["store_bytes_per_event"]
     )
     assert storage["file_bytes_reclaimed"] < storage["file_bytes_before"] / 2
-    assert "| ingest while archiving / alone |" in done.stdout
+    assert "| ingest while archiving / alone |" in stdout
 
 
 @pytest.mark.slow
 @pytest.mark.redis_server
 @pytest.mark.postgres
 def test_pg_ingest_bench_quick_stores_every_event_partitioned_and_counts_each_part(tmp_path: Path) -> None:
-    output = tmp_path / "pg.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "pg_ingest_bench.py"), "--quick", "--output", str(output)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = orjson.loads(output.read_bytes())
+    stdout, results = run_bench("pg_ingest_bench.py", tmp_path / "pg.json", "--quick")
     assert results["configs"] == ["sqlite", "postgresql-1", "postgresql-2"]
     sqlite, pg, two = (results[c]["median"] for c in results["configs"])
     assert sqlite["events_per_s"] > 0 and pg["events_per_s"] > 0 and two["events_per_s"] > 0
     assert pg["postgres_us"] > 0 and sqlite["postgres_us"] < pg["postgres_us"] / 10  # its server's CPU
     assert sqlite["redis_us"] > 0 and pg["worker_us"] > 0 and two["worker_us"] > 0
     assert 0 < two["producer_us"] < 1000 and 0 < sqlite["producer_us"] < 1000
-    assert "| PostgreSQL, 2 |" in done.stdout
+    assert "| PostgreSQL, 2 |" in stdout
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_pg_read_bench_small_stores_give_the_same_bytes_from_both(tmp_path: Path) -> None:
-    output = tmp_path / "reads.json"
     args = ["--sizes", "2000,20000", "--reps", "1", "--calls", "20", "--graph-calls", "5"]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "pg_read_bench.py"), *args,
-         "--cache-dir", str(tmp_path / "stores"), "--output", str(output)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = orjson.loads(output.read_bytes())
+    stdout, results = run_bench(
+        "pg_read_bench.py", tmp_path / "reads.json", *args, "--cache-dir", str(tmp_path / "stores")
+    )
     assert results["same_bytes"] is True
     for store in ("sqlite", "postgresql"):
         assert all(
             results["stores"]["20000"][store][read]["median_ms"] > 0 for read in ("page", "snapshot", "graph")
         )
-    assert "| graph (ms, median) |" in done.stdout
+    assert "| graph (ms, median) |" in stdout
 
 
 @pytest.mark.slow
 @pytest.mark.redis_server
 def test_ingest_bench_quick_measures_the_production_loop_beside_sqlites_ceiling(tmp_path: Path) -> None:
-    output = tmp_path / "ingest.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "ingest_bench.py"), "--quick", "--only", "ingest",
-         "--reps", "1", "--output", str(output)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    ingest = orjson.loads(output.read_bytes())["ingest"]
+    stdout, results = run_bench(
+        "ingest_bench.py", tmp_path / "ingest.json", "--quick", "--only", "ingest", "--reps", "1"
+    )
+    ingest = results["ingest"]
     # Every mode's store was checked (all events, every task's seqs 1..n) before its figure counted.
     assert ingest["ceiling"]["events_per_s"] > 0 and ingest["drain"]["events_per_s"] > 0
     assert ingest["ratio_to_ceiling"] == pytest.approx(
         ingest["ceiling"]["runs"][0]["seconds"] / ingest["drain"]["runs"][0]["seconds"]
     )
-    assert "1c. SQLite's ceiling" in done.stdout and "production loop (1b) / ceiling (1c)" in done.stdout
+    assert "1c. SQLite's ceiling" in stdout and "production loop (1b) / ceiling (1c)" in stdout
 
 
 @pytest.mark.slow
 @pytest.mark.redis_server
 def test_stream_capacity_quick_steps_through_client_counts(tmp_path: Path) -> None:
-    output = tmp_path / "capacity.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "stream_capacity.py"), "--quick", "--output", str(output)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = orjson.loads(output.read_bytes())
+    stdout, results = run_bench("stream_capacity.py", tmp_path / "capacity.json", "--quick")
     assert [r["config"]["clients"] for r in results["runs"]] == [10, 20]
     for r in results["runs"]:
         assert r["missed"] == 0 and r["duplicates"] == 0 and r["client_processes"] >= 1
         assert r["deliveries_received"] == r["deliveries_expected"] > 0
         assert r["api_cpu_us_per_delivery"] > 0
-    assert "| watchers | deliveries/s |" in done.stdout
+    assert "| watchers | deliveries/s |" in stdout
