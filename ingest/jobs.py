@@ -17,14 +17,22 @@ passes run on schedule, are retried when they fail and are stopped when they run
   and rq's `RQScheduler`, which re-enqueues retries when they are due) run on a thread of it, not in
   the child process rq's `work(with_scheduler=True)` would fork, which a SIGKILL of this process would
   leave running. A SIGKILL ends the pass with it; the next pass finishes its work (a pass is idempotent).
+- SIGTERM (or SIGINT) is a warm stop: the pass in hand ends after its current task (the pass is
+  idempotent, the next one goes on from there) and the process exits 0; the thread that runs passes
+  leaves idle priority first, so a busy machine cannot starve its stop. A second signal is rq's cold
+  stop. SIGUSR1 writes every thread's stack to stderr (faulthandler), for a process that looks stuck.
 """
 
 import datetime as dt
+import faulthandler
 import logging
 import os
+import signal
+import sys
 import threading
 import time
 from dataclasses import asdict
+from types import FrameType
 from typing import Any
 
 import redis
@@ -43,6 +51,9 @@ RETRY = Retry(max=3, interval=[30, 120, 600])
 TICK = 5.0  # seconds between the schedulers' looks at what is due (retries wait 30 s and more)
 NICE = 10  # the schedulers' CPU priority, below the worker's and the API's
 HEARTBEAT_AGE = 60.0  # `jobs --check`: the scheduler thread's heartbeat is at most this old
+
+# Set by a warm stop: the pass in hand ends after its current task (run_pass gives it to the pass).
+_stopping = threading.Event()
 
 
 def _settings(given: dict[str, str]) -> Settings:
@@ -69,8 +80,8 @@ def schedule_pass(given: dict[str, str]) -> str:
 def run_pass(given: dict[str, str]) -> dict[str, Any]:
     """One archive pass (rq job); its report is the job's result."""
     settings = _settings(given)
-    report = archive_pass(settings)
-    if report.more:
+    report = archive_pass(settings, stop=_stopping)
+    if report.more and not _stopping.is_set():
         _enqueue_pass(settings, given)
     return asdict(report)
 
@@ -128,12 +139,22 @@ def run_jobs(settings: Settings, given: dict[str, str]) -> None:
     _idle_priority()  # this thread runs the passes (and the threads they start)
     log.info("jobs for %s: an archive pass every %.0f s into %s", settings.queue, settings.archive_every,
              settings.archive_dir)  # fmt: skip
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     try:
-        worker = SimpleWorker([_queue(settings, client)], connection=client)
+        worker = _Worker([_queue(settings, client)], connection=client)
         worker.work(logging_level=settings.log_level.upper())
     finally:
         schedulers.stopping.set()
         schedulers.join(10)
+
+
+class _Worker(SimpleWorker):
+    """rq's SimpleWorker whose warm stop also stops the pass in hand (see the module docstring)."""
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        _stopping.set()
+        _normal_priority()
+        super().request_stop(signum, frame)
 
 
 def _wait_for_redis(client: redis.Redis) -> None:
@@ -159,6 +180,15 @@ def _idle_priority() -> None:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError) as exc:  # not Linux: nice alone
         log.info("no idle CPU priority for passes (%s); nice %d only", exc, NICE)
+
+
+def _normal_priority() -> None:
+    """Back to the ordinary policy (at the process's nice): a stopping process gets the CPU it needs
+    to finish. An unprivileged thread may leave SCHED_IDLE within its nice limit (RLIMIT_NICE)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, OSError) as exc:
+        log.info("could not leave idle CPU priority to stop (%s)", exc)
 
 
 def check(settings: Settings) -> bool:

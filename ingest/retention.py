@@ -20,6 +20,9 @@ task waits for a later pass.
   temporary name, then renamed), and tasks that are archived or not; the next pass archives the rest,
   writing an archive again to the same bytes. A dead-letter file is named by its content's hash, and
   the entries it holds leave Redis only after it is durable.
+- Stoppable: given a `stop` event, a pass ends after the task in hand once it is set (its pacing
+  sleeps wake for it), reporting `more`; a warm stop of the `jobs` process waits for that, not for
+  a whole pass.
 """
 
 import hashlib
@@ -148,6 +151,7 @@ def archive_pass(
     dry_run: bool = False,
     client: redis.Redis | None = None,
     pace: float = PACE,
+    stop: threading.Event | None = None,
 ) -> PassReport:
     """One bounded pass (see the module docstring). `task_ids`: those tasks only, whatever their age
     (still only ended ones). Raises if the store or Redis cannot be read: rq retries the job."""
@@ -159,8 +163,9 @@ def archive_pass(
         report.skipped = "another archive pass holds the lock"
         return report
     try:
-        _archive_tasks(settings, client, keys, lock, report, older_than, task_ids, dry_run, pace)
-        if not dry_run and not task_ids:
+        stop = stop or threading.Event()
+        _archive_tasks(settings, client, keys, lock, report, older_than, task_ids, dry_run, pace, stop)
+        if not dry_run and not task_ids and not stop.is_set():
             _check_archives(settings, report)
             _age_dead_letters(settings, client, keys, lock, report)
     finally:
@@ -181,9 +186,10 @@ def _archive_tasks(
     task_ids: Sequence[str],
     dry_run: bool,
     pace: float,
+    stop: threading.Event,
 ) -> None:
     archive = TaskArchive.at(settings.archive_dir)
-    pacer = _Pacer(client, settings, pace)
+    pacer = _Pacer(client, settings, pace, stop)
     reader = StoreReads(settings)
     try:
         # Requests go to the partitions' control lists: with another count than the workers', no
@@ -215,7 +221,8 @@ def _archive_tasks(
             # A full list may have more behind it, even if some listed tasks are skipped (changed).
             report.more = len(candidates) > MAX_TASKS
         for task_id, _, event_count, _ in candidates:
-            if len(report.archived) + len(report.would_archive) >= MAX_TASKS or report.events >= MAX_EVENTS:
+            done = len(report.archived) + len(report.would_archive)
+            if done >= MAX_TASKS or report.events >= MAX_EVENTS or stop.is_set():
                 report.more = True
                 break
             if dry_run:
@@ -254,8 +261,9 @@ class _Pacer:
     """The sleep after each task: `pace` times its work, BUSY_PACE times while the worker is storing
     events (its `ingested` counter in Redis grew by more than BUSY_RATE a second since the last look)."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, pace: float) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, pace: float, stop: threading.Event) -> None:
         self._redis = client
+        self._stop = stop
         # Every partition's worker counts its own.
         self._stats = [QueueKeys(q).stats for q in partition_queues(settings.queue, settings.partitions)]
         self.pace = pace
@@ -273,7 +281,7 @@ class _Pacer:
     def after(self, worked: float) -> None:
         if self.pace <= 0:
             return  # full speed (asked for): no sleep, and no look at the worker
-        time.sleep(worked * (max(self.pace, BUSY_PACE) if self.busy() else self.pace))
+        self._stop.wait(worked * (max(self.pace, BUSY_PACE) if self.busy() else self.pace))
 
 
 def _archive_one(reader: StoreReads, archive: TaskArchive, task_id: str) -> Manifest | None:

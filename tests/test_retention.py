@@ -2,6 +2,7 @@
 archive passes, reads of archived tasks, restore, late events, damaged archives."""
 
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,8 +22,10 @@ from click.testing import CliRunner
 from taskevents.archive import TaskArchive, TaskRows, key
 from taskevents.cli import main
 from taskevents.db import open_writer
-from taskevents.ingest.retention import PassLock, archive_pass
+from taskevents.event import decode as decode_event
+from taskevents.ingest.retention import PassLock, PassReport, archive_pass
 from taskevents.ingest.storereads import StoreReads
+from taskevents.ingest.writer import Decoded, StoreWriter
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
 from taskevents.simulate import simulate
@@ -256,6 +259,54 @@ def _archived_seqs(settings: Settings, task_ids: list[str]) -> dict[str, list[in
     return out
 
 
+def test_a_pass_asked_to_stop_ends_after_the_task_in_hand_and_says_there_is_more(
+    settings: Settings, client: redis.Redis
+) -> None:
+    """A warm stop of the jobs process waits for one task, not a whole pass (its pacing sleep wakes too)."""
+    writer = StoreWriter(open_writer(settings.sqlite_path))
+    writer.take_over()
+    ended = []
+    for n in range(5):
+        for kind in ("runner_spawn", "runner_exit"):
+            event = {"task_id": f"t{n}", "event_type": kind, "actor": "runner", "span_id": "root"}
+            ended.append(Decoded(*decode_event(orjson.dumps(event), 1 << 20)))
+    writer.commit(1, ended)
+    writer.close()
+    control = QueueKeys(settings.queue).control
+    stop = threading.Event()
+    reports: list[PassReport] = []
+    # A pace no pass would finish: only the stop can end its sleep after the first task.
+    run = threading.Thread(
+        target=lambda: reports.append(
+            archive_pass(settings, older_than=0, client=client, pace=1e9, stop=stop)
+        )
+    )
+    run.start()
+    wait_for(lambda: client.llen(control) >= 1)
+    stop.set()
+    run.join(30)
+    assert not run.is_alive(), "the pass slept on after it was asked to stop"
+    (report,) = reports
+    assert len(report.archived) == 1 and client.llen(control) == 1 and report.more
+    assert not client.exists(QueueKeys(settings.queue).archive_lock)  # the lock is given back
+
+
+def _warm_stop(jobs: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM: the jobs process ends its pass after the task in hand and exits 0. One that does not
+    is made to write its threads' stacks (SIGUSR1, into the test's captured output), then killed, so
+    that nothing outlives the test."""
+    jobs.terminate()
+    try:
+        code = jobs.wait(timeout)
+    except subprocess.TimeoutExpired:
+        jobs.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        jobs.kill()
+        jobs.wait(10)
+        pytest.fail(f"the jobs process still ran {timeout:.0f} s after SIGTERM (its stacks are above)")
+    assert code == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_jobs_sigkilled_mid_pass_again_and_again_lose_and_double_nothing(
@@ -283,8 +334,7 @@ def test_jobs_sigkilled_mid_pass_again_and_again_lose_and_double_nothing(
     try:
         wait_for(lambda: _emptied(settings, list(tasks)), timeout=120, interval=0.2)
     finally:
-        jobs.terminate()
-        assert jobs.wait(30) == 0  # a warm stop
+        _warm_stop(jobs)
     seqs = _archived_seqs(settings, list(tasks))
     assert all(seqs[t] == list(range(1, latest + 1)) for t, (latest, _, _) in tasks.items())
     assert store_rows(settings, "SELECT count(*) FROM task_events") == [(0,)]

@@ -3,6 +3,7 @@ to do, never spin on free pages that do not go away, keep each step short and th
 worker small (fakeredis: no queue semantics needed here)."""
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from rq.exceptions import StopRequested
 
 from taskevents.archive import TaskArchive
 from taskevents.db import open_writer
@@ -104,6 +106,28 @@ def test_passes_run_at_idle_cpu_priority() -> None:
     assert os.sched_getscheduler(0) != os.SCHED_IDLE  # this thread's is unchanged
 
 
+def test_a_warm_stop_stops_the_pass_in_hand_and_leaves_idle_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM's handler (rq calls it on the thread that runs passes): the pass is told to stop, and
+    the thread gets ordinary CPU priority back, so a saturated machine cannot starve the stop."""
+    monkeypatch.setattr(jobs, "_stopping", threading.Event())
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # rq re-arms its handlers: main thread only
+    worker = jobs._Worker(["t:events:jobs"], connection=fakeredis.FakeRedis())
+    seen: list[object] = []
+
+    def body() -> None:
+        jobs._idle_priority()
+        try:
+            worker.request_stop(signal.SIGTERM, None)
+        except StopRequested:  # idle: rq stops at once; busy, it lets the job finish
+            seen.append("stop")
+        seen.append(os.sched_getscheduler(0))
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    assert seen == ["stop", os.SCHED_OTHER] and jobs._stopping.is_set()
+
+
 def test_reclaim_gives_back_as_many_pages_as_asked_and_keeps_a_share_free(tmp_path: Path) -> None:
     writer = StoreWriter(open_writer(tmp_path / "s.db"))
     conn = writer._conn
@@ -142,20 +166,28 @@ def test_while_events_come_rows_wait_for_a_quiet_moment_unless_too_many_wait(tmp
     assert writer.left == 0
 
 
-def test_a_pass_slows_to_its_busy_pace_while_the_worker_stores_events(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_pass_slows_to_its_busy_pace_while_the_worker_stores_events() -> None:
     from taskevents.ingest import retention
+
+    class Slept(threading.Event):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            assert timeout is not None
+            self.waits.append(timeout)
+            return False
 
     client = fakeredis.FakeRedis()
     keys = QueueKeys("t:events")
-    slept: list[float] = []
-    monkeypatch.setattr(retention.time, "sleep", slept.append)
-    pacer = retention._Pacer(client, Settings(queue=keys.queue), retention.PACE)
+    stop = Slept()
+    pacer = retention._Pacer(client, Settings(queue=keys.queue), retention.PACE, stop)
     pacer.after(0.01)  # the worker idle: PACE times the work
     client.hincrby(keys.stats, "ingested", 10_000)  # it stored 10,000 events since
     pacer.after(0.01)
     pacer.after(0.01)  # and none since
-    assert slept == pytest.approx([0.01 * retention.PACE, 0.01 * retention.BUSY_PACE, 0.01 * retention.PACE])
-    retention._Pacer(client, Settings(queue=keys.queue), 0).after(1.0)  # pace 0: full speed, asked for
-    assert len(slept) == 3
+    expected = [0.01 * retention.PACE, 0.01 * retention.BUSY_PACE, 0.01 * retention.PACE]
+    assert stop.waits == pytest.approx(expected)
+    retention._Pacer(client, Settings(queue=keys.queue), 0, stop).after(1.0)  # pace 0: full speed, asked for
+    assert len(stop.waits) == 3
