@@ -157,6 +157,13 @@ def test_ingest_bench_quick_measures_the_production_loop_beside_sqlites_ceiling(
         ingest["ceiling"]["runs"][0]["seconds"] / ingest["drain"]["runs"][0]["seconds"]
     )
     assert "1c. SQLite's ceiling" in stdout and "production loop (1b) / ceiling (1c)" in stdout
+    # The ceiling again with the other core busy decoding events, on a thread and in a process.
+    for side in ("thread", "process"):
+        runs = ingest[f"ceiling_{side}"]["runs"]
+        assert ingest[f"ceiling_{side}_share"] == pytest.approx(
+            ingest["ceiling"]["runs"][0]["seconds"] / runs[0]["seconds"]
+        )
+    assert "1d. the ceiling beside a thread" in stdout and "1e. the ceiling beside a process" in stdout
 
 
 @pytest.mark.slow
