@@ -12,7 +12,11 @@ State on `app.state`, for every router (the live stream's too):
 - `registry`: the Prometheus registry served at /metrics.
 """
 
+import ctypes
 import logging
+import multiprocessing
+import os
+import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -21,15 +25,23 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from taskevents.api import health, stream, tasks
 from taskevents.api.archived import ArchivedReads
 from taskevents.api.deps import ReadRunner
 from taskevents.api.errors import install_error_handlers
-from taskevents.api.metrics import MetricsMiddleware, RequestMetrics, WorkerCollector, metrics_router
+from taskevents.api.metrics import (
+    MetricsMiddleware,
+    RequestMetrics,
+    WorkerCollector,
+    metrics_router,
+    multiprocess_metrics,
+)
 from taskevents.api.store import DEFAULT_POOL_SIZE, ReadStore, StoreReader, StoreUnavailable
 from taskevents.api.ui import UiAssets, default_dist, ui_router
 from taskevents.api.worker_report import redis_client
+from taskevents.cli import configure_logging
 from taskevents.settings import Settings
 
 log = logging.getLogger("taskevents.api")
@@ -102,9 +114,16 @@ def create_app(
     app.state.redis = redis_client(settings)
     app.state.registry = CollectorRegistry(auto_describe=False)
     app.state.registry.register(WorkerCollector(app.state.redis, settings, app.state.store))
+    if multiprocess_metrics():
+        # Several API processes (`taskevents api --workers N`): each counts its requests into files
+        # of the shared directory, and /metrics, whichever process answers, sums them all.
+        MultiProcessCollector(app.state.registry)
+        request_registry = CollectorRegistry(auto_describe=False)  # values live in the files
+    else:
+        request_registry = app.state.registry
 
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=RequestMetrics(app.state.registry))
+    app.add_middleware(MetricsMiddleware, metrics=RequestMetrics(request_registry))
 
     app.include_router(tasks.router)
     app.include_router(health.router)
@@ -119,6 +138,33 @@ def create_app(
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one of several API processes (`taskevents api --workers N`, uvicorn's factory):
+    its settings from the environment, which the parent process set from its own."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    _stop_with_supervisor()
+    return create_app(settings)
+
+
+def _stop_with_supervisor() -> None:
+    """SIGTERM to this process when uvicorn's supervisor dies, however it dies (Linux's
+    PR_SET_PDEATHSIG): a SIGKILLed supervisor would otherwise leave it serving the shared port."""
+    supervisor = multiprocessing.parent_process()  # uvicorn spawns its processes with multiprocessing
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    except (OSError, AttributeError) as exc:  # not Linux
+        log.info("API processes will not stop with their supervisor by themselves (%s)", exc)
+        return
+    if supervisor is not None and os.getppid() != supervisor.pid:
+        os.kill(os.getpid(), signal.SIGTERM)  # it died before the request: too late to be told
 
 
 @asynccontextmanager

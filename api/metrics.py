@@ -8,6 +8,7 @@ Prometheus scrapes, so the API exports them without importing `ingest` and witho
 
 import datetime
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator
 
@@ -27,6 +28,8 @@ log = logging.getLogger("taskevents.api.metrics")
 # Reads take well under a millisecond; the buckets resolve that range and still catch slow outliers.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 UNMATCHED = "<unmatched>"  # the route label of requests for unknown paths
+# prometheus_client's multiprocess mode: its metrics' values in files of this directory (read at import).
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class RequestMetrics:
@@ -181,6 +184,11 @@ class WorkerCollector:
                 )
             )
         return out
+
+
+def multiprocess_metrics() -> bool:
+    """prometheus_client's multiprocess mode is on (its directory is set: `taskevents api --workers`)."""
+    return bool(os.environ.get(MULTIPROC_DIR))
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -200,6 +200,12 @@ class Settings(ProducerSettings, ApiClientSettings):
         "127.0.0.1", min_length=1, description="Address `taskevents api` listens on (compose: 0.0.0.0)."
     )
     api_port: int = Field(8000, ge=0, le=65535, description="Port `taskevents api` listens on.")
+    api_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes `taskevents api` runs on its port, each with its own live feed.",
+    )
     # The live stream (api/live.py, api/stream.py).
     stream_buffer: int = Field(
         1000, ge=1, description="Events a live client may have queued; past it, it catches up from the store."
