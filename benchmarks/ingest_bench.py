@@ -236,6 +236,9 @@ def bench_ingest(client: redis.Redis, url: str, frames: list[bytes], workdir: Pa
                 seconds = time.perf_counter() - started
                 if client.llen(QueueKeys(QUEUE).dead):
                     raise RuntimeError("the worker dead-lettered benchmark events")
+                # Its lease given up and its renewing thread stopped: left running, the thread found
+                # the lease gone at the next round's FLUSHALL and said so ("the lease ... was lost").
+                worker.close()
                 del worker
                 gc.collect()
             check_store(db, len(frames))
