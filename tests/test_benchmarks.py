@@ -168,6 +168,21 @@ def test_ingest_bench_quick_measures_the_production_loop_beside_sqlites_ceiling(
 
 @pytest.mark.slow
 @pytest.mark.redis_server
+def test_ingest_steps_times_the_writers_steps_beside_the_bare_loop(tmp_path: Path) -> None:
+    stdout, results = run_bench(
+        "ingest_steps.py", tmp_path / "steps.json", "--events", "12000", "--rounds", "1"
+    )
+    (one,) = results["rounds"]
+    steps = one["steps_seconds"]
+    # The writer's thread is busy for part of the drain, its statements a part of its commits.
+    assert 0 < steps["writer: the prepared statements"] <= steps["writer: commit and acknowledgement"]
+    assert 0 < one["writer_busy_share"] <= 1
+    assert one["ratio_to_ceiling"] == pytest.approx(one["ceiling_seconds"] / one["drain_seconds"])
+    assert "| writer: the prepared statements |" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.redis_server
 def test_stream_capacity_quick_steps_through_client_counts(tmp_path: Path) -> None:
     stdout, results = run_bench("stream_capacity.py", tmp_path / "capacity.json", "--quick")
     assert [r["config"]["clients"] for r in results["runs"]] == [10, 20]
