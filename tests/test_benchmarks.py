@@ -177,6 +177,10 @@ def test_ingest_steps_times_the_writers_steps_beside_the_bare_loop(tmp_path: Pat
     # The writer's thread is busy for part of the drain, its statements a part of its commits.
     assert 0 < steps["writer: the prepared statements"] <= steps["writer: commit and acknowledgement"]
     assert 0 < one["writer_busy_share"] <= 1
+    assert (
+        one["waits_between_commits_seconds"] + steps["writer: commit and acknowledgement"]
+        <= one["drain_seconds"]
+    )
     assert one["ratio_to_ceiling"] == pytest.approx(one["ceiling_seconds"] / one["drain_seconds"])
     assert "| writer: the prepared statements |" in stdout
 
