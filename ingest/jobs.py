@@ -25,6 +25,7 @@ passes run on schedule, are retried when they fail and are stopped when they run
 
 import datetime as dt
 import faulthandler
+import inspect
 import logging
 import os
 import signal
@@ -155,6 +156,23 @@ class _Worker(SimpleWorker):
         _stopping.set()
         _normal_priority()
         super().request_stop(signum, frame)
+
+    def unsubscribe(self) -> None:
+        """rq's, without its race. rq unsubscribes, then stops its pubsub thread; a thread that has
+        already read the unsubscribe's reply goes round again and waits up to 60 s (rq's sleep_time)
+        for a subscription before it looks at its running flag, and redis-py 8's `stop()` waits for
+        it: a warm stop that took a minute now and then. So the flag first, then the unsubscribe
+        (its reply wakes the thread, which then ends), then a bounded wait (the thread is a daemon)."""
+        thread = self.pubsub_thread
+        if thread is None:
+            return
+        if "timeout" in inspect.signature(thread.stop).parameters:
+            thread.stop(timeout=0)  # redis-py 8: the flag only, no wait here
+        else:
+            thread.stop()  # before: the flag only
+        self.pubsub.unsubscribe()
+        thread.join(timeout=1)
+        self.pubsub.close()
 
 
 def _wait_for_redis(client: redis.Redis) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from rq.exceptions import StopRequested
 
 from taskevents.archive import TaskArchive
@@ -20,6 +21,7 @@ from taskevents.ingest.archived import BACKLOG, BUSY_SHARE, IDLE_SHARE, QUIET, R
 from taskevents.ingest.writer import StoreWriter
 from taskevents.keys import QueueKeys
 from taskevents.settings import Settings
+from tests.helpers import wait_for
 
 
 class _Writer:
@@ -191,3 +193,22 @@ def test_a_pass_slows_to_its_busy_pace_while_the_worker_stores_events() -> None:
     assert stop.waits == pytest.approx(expected)
     retention._Pacer(client, Settings(queue=keys.queue), 0, stop).after(1.0)  # pace 0: full speed, asked for
     assert len(stop.waits) == 3
+
+
+@pytest.mark.redis_server
+def test_a_warm_stop_does_not_wait_a_minute_for_rqs_pubsub_thread(settings: Settings) -> None:
+    """The race CI met: the pubsub thread has read an unsubscribe's reply and waits up to 60 s for a
+    subscription; rq's own unsubscribe then waited for it (redis-py 8's stop() joins), so a warm stop
+    of the jobs process took up to a minute."""
+    client = redis.Redis.from_url(settings.redis_url)
+    worker = jobs._Worker([f"{settings.queue}:jobs"], connection=client)
+    worker.subscribe()
+    assert worker.pubsub is not None and worker.pubsub_thread is not None
+    wait_for(lambda: worker.pubsub.subscribed)
+    worker.pubsub.unsubscribe()  # the reply read by the thread, which loops on, unsubscribed
+    wait_for(lambda: not worker.pubsub.subscribed)
+    time.sleep(0.3)  # back in get_message, waiting for a subscription
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 10, "unsubscribe waited for the pubsub thread's minute"
+    client.close()
