@@ -35,18 +35,16 @@ from taskevents.ingest.localredis import RedisServer
 from taskevents.settings import Settings
 
 HERE = Path(__file__).resolve().parent
+COMMIT = "writer: commit and acknowledgement"  # its spans are kept too: the waits between them
 # (class, method, label): the steps timed, each on the thread that runs it.
 STEPS = (
-    (worker.Worker, "_store", "writer: commit and acknowledgement"),  # COMMIT
+    (worker.Worker, "_store", COMMIT),
     (writer.StoreWriter, "_write_prepared", "writer: the prepared statements"),
     (walcap.WalCap, "after_commit", "writer: WAL cap"),
     (worker.Worker, "_ack", "writer: acknowledgement"),
     (worker.Worker, "_claim", "worker: claim"),
     (worker.Worker, "_finish", "worker: waiting for the writer"),
 )
-
-
-COMMIT = "writer: commit and acknowledgement"
 
 
 def timing(spent: dict[str, float], commits: list[tuple[float, float]]) -> None:

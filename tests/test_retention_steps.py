@@ -1,6 +1,7 @@
 """The worker's retention steps (ingest/archived.py) on their own: they end when there is nothing left
 to do, never spin on free pages that do not go away, keep each step short and their share of a busy
-worker small (fakeredis: no queue semantics needed here)."""
+worker small. And the jobs process's passes: their priority, their pace, their warm stop. fakeredis
+where no queue semantics are needed; rq's pubsub race on the suite's redis-server."""
 
 import os
 import signal
